@@ -1,0 +1,278 @@
+//! Reference checks: every template parses, and every variable it reads exists where it is read.
+//!
+//! A step may read the results of steps upstream of it (through `needs`, transitively) — never of
+//! a step that may not have run yet. Mistakes are reported at the template, with the fix.
+
+use crate::diagnostic::{Diagnostic, SourceFile, did_you_mean};
+use crate::kinds::{self, TemplateField};
+use crate::model::{Check, Span};
+use crate::template::{expression_references, template_references};
+
+use super::{Compiled, graph};
+
+/// How a step id is written after `steps.` in a template (`-` is not valid there).
+pub fn template_key(id: &str) -> String {
+    id.replace('-', "_")
+}
+
+/// Fields of `steps.<id>` that exist at run time.
+pub const STEP_FIELDS: &[&str] = &[
+    "result", "outputs", "status", "started_at", "finished_at", "duration_ms", "attempts",
+];
+/// Fields of `run`.
+pub const RUN_FIELDS: &[&str] = &[
+    "id", "runbook", "started_at", "status", "user", "host", "lock_token", "dir",
+];
+
+/// Where a template is, which decides what it may read.
+#[derive(Clone, Copy)]
+struct Scope {
+    /// The step it belongs to (`None`: runbook level, e.g. preflight, lock).
+    step: Option<usize>,
+    /// Whether `result` is bound (asserts, outputs, retry conditions).
+    result: bool,
+    /// Whether the step may read its own results (compensations).
+    own: bool,
+    /// Whether `steps` may be read at all.
+    steps: bool,
+}
+
+pub(super) fn check(c: &Compiled, diags: &mut Vec<Diagnostic>) {
+    let rb = &c.runbook;
+    let header = Scope { step: None, result: false, own: false, steps: false };
+    if let Some(lock) = &rb.lock {
+        template(c, header, "lock", &lock.value, lock.span, diags);
+    }
+    if let Some(p) = &rb.prometheus {
+        template(c, header, "prometheus", &p.value, p.span, diags);
+    }
+    for check in &rb.preflight {
+        check_refs(c, header, check, diags);
+    }
+    for i in 0..c.steps.len() {
+        let step = c.step(i);
+        let s = Scope { step: Some(i), result: false, own: false, steps: true };
+        let with_result = Scope { result: true, ..s };
+        if let Some(w) = &step.when {
+            expression(c, s, "when", &w.value, w.span, diags);
+        }
+        for check in &step.require {
+            check_refs(c, s, check, diags);
+        }
+        for action in kinds::step_actions(step) {
+            fields(c, s, &action.kind().templates(), diags);
+        }
+        if let Some(a) = &step.assert {
+            expression(c, with_result, "assert", &a.value, a.span, diags);
+        }
+        for check in &step.verify {
+            check_refs(c, s, check, diags);
+        }
+        if let Some(comp) = &step.compensate {
+            let own = Scope { own: true, ..s };
+            for action in kinds::compensation_actions(&comp.value) {
+                fields(c, own, &action.kind().templates(), diags);
+            }
+        }
+        for (name, o) in &step.outputs {
+            expression(c, with_result, &format!("outputs.{name}"), &o.value, o.span, diags);
+        }
+        if let Some(on_expr) = step.retry.as_ref().and_then(|r| r.value.on.as_ref()).and_then(|o| o.expr.as_ref()) {
+            expression(c, with_result, "retry.on.expr", &on_expr.value, on_expr.span, diags);
+        }
+    }
+}
+
+fn check_refs(c: &Compiled, scope: Scope, check: &Check, diags: &mut Vec<Diagnostic>) {
+    for action in kinds::check_actions(check) {
+        fields(c, scope, &action.kind().templates(), diags);
+        if let kinds::Action::Expr(e) = action {
+            expression(c, scope, "expr", &e.expr.value, e.expr.span, diags);
+        }
+    }
+    if let Some(a) = &check.assert {
+        expression(c, Scope { result: true, ..scope }, "assert", &a.value, a.span, diags);
+    }
+}
+
+fn fields(c: &Compiled, scope: Scope, fields: &[TemplateField<'_>], diags: &mut Vec<Diagnostic>) {
+    for f in fields {
+        template(c, scope, &f.field, f.text, f.span, diags);
+    }
+}
+
+fn template(c: &Compiled, scope: Scope, field: &str, text: &str, span: Span, diags: &mut Vec<Diagnostic>) {
+    match template_references(text) {
+        Ok(refs) => {
+            for path in refs.paths {
+                if let Some(d) = check_path(c, scope, field, &path, span) {
+                    diags.push(d);
+                }
+            }
+        }
+        Err(e) => diags.push(syntax_error(&c.file, field, text, span, &e, "template")),
+    }
+}
+
+fn expression(c: &Compiled, scope: Scope, field: &str, text: &str, span: Span, diags: &mut Vec<Diagnostic>) {
+    match expression_references(text) {
+        Ok(refs) => {
+            for path in refs.paths {
+                if let Some(d) = check_path(c, scope, field, &path, span) {
+                    diags.push(d);
+                }
+            }
+        }
+        Err(e) => diags.push(syntax_error(&c.file, field, text, span, &e, "expression")),
+    }
+}
+
+/// A parse error inside a template, pointed at the exact character when the scalar is written
+/// verbatim in the file (plain or quoted on one line), else at the scalar.
+fn syntax_error(file: &SourceFile, field: &str, text: &str, span: Span, e: &minijinja::Error, what: &str) -> Diagnostic {
+    let mut at = span;
+    if let (Some(off), Some(range)) = (span.offset, e.range()) {
+        let src = &file.text[off.min(file.text.len())..];
+        let shift = if src.starts_with(text) {
+            Some(0)
+        } else if src.len() > 1 && src[1..].starts_with(text) {
+            Some(1)
+        } else {
+            None
+        };
+        if let Some(shift) = shift {
+            let o = off + shift + range.start.min(text.len());
+            let (line, column) = file.line_col(o);
+            at = Span { line, column, offset: Some(o) };
+        }
+    }
+    Diagnostic::new(
+        "template-syntax",
+        format!("failed to parse {what} in `{field}`: {}", crate::template::describe(e)),
+        at,
+    )
+    .with_help(if what == "template" {
+        "templates use minijinja syntax: `{{ params.name }}`; a literal `{{` is written `{{ '{{' }}`"
+    } else {
+        "expressions use minijinja syntax, e.g. `result.status == 200 and params.force`"
+    })
+}
+
+fn check_path(c: &Compiled, scope: Scope, field: &str, path: &str, span: Span) -> Option<Diagnostic> {
+    let mut parts = path.split('.');
+    let root = parts.next().unwrap_or_default();
+    let second = parts.next();
+    let third = parts.next();
+    let rb = &c.runbook;
+    let in_step = |what: &str| match scope.step {
+        Some(i) => format!("step `{}` ({field}) {what}", c.steps[i].id),
+        None => format!("`{field}` {what}"),
+    };
+    match root {
+        "params" => {
+            let name = second?;
+            if rb.params.contains_key(name) {
+                return None;
+            }
+            let d = Diagnostic::new("undeclared-param", in_step(&format!("reads `params.{name}`, which is not declared")), span);
+            Some(match did_you_mean(name, rb.params.keys().map(String::as_str)) {
+                Some(s) => d.with_help(format!("did you mean `params.{s}`?")),
+                None => d.with_help(format!("declare it under `params:`, e.g. `{name}: {{type: string}}`")),
+            })
+        }
+        "secrets" => {
+            let name = second?;
+            if rb.secrets.contains_key(name) {
+                return None;
+            }
+            let d = Diagnostic::new("undeclared-secret", in_step(&format!("reads `secrets.{name}`, which is not declared")), span);
+            Some(match did_you_mean(name, rb.secrets.keys().map(String::as_str)) {
+                Some(s) => d.with_help(format!("did you mean `secrets.{s}`?")),
+                None => d.with_help(format!("declare it under `secrets:`, e.g. `{name}: {{env: {}}}`", name.to_uppercase())),
+            })
+        }
+        "steps" => {
+            if !scope.steps {
+                return Some(
+                    Diagnostic::new("steps-in-header", format!("`{field}` reads `{path}`, but it is evaluated before any step runs"), span)
+                        .with_help("runbook-level templates (preflight, lock) can read params, secrets, run and env"),
+                );
+            }
+            let id = second?;
+            let Some(&target) = c.index_by_id.get(id) else {
+                let d = Diagnostic::new("unknown-step", in_step(&format!("reads `steps.{id}`, which is not a step")), span);
+                let keys: Vec<String> = c.steps.iter().map(|s| template_key(&s.id)).collect();
+                return Some(match did_you_mean(id, keys.iter().map(String::as_str)) {
+                    Some(s) => d.with_help(format!("did you mean `steps.{s}`?")),
+                    None => d.with_help("name a step upstream of this one; in templates a step id's `-` is written `_`"),
+                });
+            };
+            if let Some(f) = third {
+                if !STEP_FIELDS.contains(&f) {
+                    let d = Diagnostic::new("unknown-field", in_step(&format!("reads `steps.{id}.{f}`; steps have no `{f}`")), span);
+                    return Some(match did_you_mean(f, STEP_FIELDS.iter().copied()) {
+                        Some(s) => d.with_help(format!("did you mean `steps.{id}.{s}`?")),
+                        None => d.with_help(format!("a step has: {}", STEP_FIELDS.join(", "))),
+                    });
+                }
+            }
+            let me = scope.step?;
+            if reachable(c, target, me) || (scope.own && target == me) {
+                return None;
+            }
+            let target_id = &c.steps[target].id;
+            let msg = if target == me {
+                in_step(&format!("reads its own results (`steps.{id}`) before it has run"))
+            } else if target >= c.main_count && me < c.main_count {
+                in_step(&format!("reads `steps.{id}`, a `finally` step, which runs after it"))
+            } else {
+                in_step(&format!("reads `steps.{id}`, but `{target_id}` is not upstream of it"))
+            };
+            Some(
+                Diagnostic::new("not-upstream", msg, span).with_help(format!(
+                    "add `{target_id}` to this step's `needs` (directly or through a step that needs it), so its result exists when this step runs"
+                )),
+            )
+        }
+        "run" => {
+            let f = second?;
+            if RUN_FIELDS.contains(&f) {
+                return None;
+            }
+            let d = Diagnostic::new("unknown-field", format!("`{field}` reads `run.{f}`; a run has no `{f}`"), span);
+            Some(match did_you_mean(f, RUN_FIELDS.iter().copied()) {
+                Some(s) => d.with_help(format!("did you mean `run.{s}`?")),
+                None => d.with_help(format!("a run has: {}", RUN_FIELDS.join(", "))),
+            })
+        }
+        "env" => None,
+        "result" if scope.result => None,
+        "result" => Some(
+            Diagnostic::new("result-outside-assert", format!("`{field}` reads `result`, which only exists in `assert`, `outputs` and `retry.on`"), span)
+                .with_help("read another step's result as `steps.<id>.result`"),
+        ),
+        other => {
+            let mut roots = vec!["params", "secrets", "steps", "run", "env"];
+            if scope.result {
+                roots.push("result");
+            }
+            let d = Diagnostic::new("unknown-variable", format!("`{field}` reads `{other}`, which is not defined"), span);
+            Some(match did_you_mean(other, roots.iter().copied()) {
+                Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                None => d.with_help(format!("templates can read: {}", roots.join(", "))),
+            })
+        }
+    }
+}
+
+/// Whether `target`'s results exist when `me` runs.
+fn reachable(c: &Compiled, target: usize, me: usize) -> bool {
+    let main = c.main_count;
+    match (target < main, me < main) {
+        (true, true) => graph::is_upstream(&c.graph, target, me),
+        // Every main step has ended before `finally` starts.
+        (true, false) => true,
+        (false, true) => false,
+        (false, false) => graph::is_upstream(&c.finally_graph, target - main, me - main),
+    }
+}

@@ -1,0 +1,133 @@
+//! Durations as runbook authors write them: `90s`, `5m`, `1h30m`, `250ms`, `1d`.
+
+use std::time::Duration;
+
+/// Why a duration did not parse; the message tells how to write one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// Nothing was written.
+    #[error("empty duration")]
+    Empty,
+    /// A number without a unit, e.g. `30`.
+    #[error("`{0}` has no unit")]
+    MissingUnit(String),
+    /// An unknown unit, e.g. `5min`.
+    #[error("unknown unit `{unit}` in `{text}`")]
+    UnknownUnit {
+        /// The whole text.
+        text: String,
+        /// The unit found.
+        unit: String,
+    },
+    /// Something that is not a number where one was expected.
+    #[error("`{0}` is not a duration")]
+    Malformed(String),
+    /// More than about 584 years.
+    #[error("`{0}` is too long")]
+    Overflow(String),
+}
+
+/// How to write a duration, for error help texts.
+pub const DURATION_HELP: &str = "write a duration as numbers with units ms, s, m, h or d, e.g. `90s`, `5m`, `1h30m`";
+
+/// Parse a duration.
+///
+/// # Errors
+/// When the text is not a sequence of `<number><unit>`.
+pub fn parse(text: &str) -> Result<Duration, DurationError> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(DurationError::Empty);
+    }
+    let mut total: u128 = 0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(DurationError::Malformed(t.to_owned()));
+        }
+        let n: u128 = rest[..digits]
+            .parse()
+            .map_err(|_| DurationError::Overflow(t.to_owned()))?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        if unit_len == 0 {
+            return Err(DurationError::MissingUnit(t.to_owned()));
+        }
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let ms: u128 = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => {
+                return Err(DurationError::UnknownUnit {
+                    text: t.to_owned(),
+                    unit: unit.to_owned(),
+                });
+            }
+        };
+        total = n
+            .checked_mul(ms)
+            .and_then(|x| total.checked_add(x))
+            .ok_or_else(|| DurationError::Overflow(t.to_owned()))?;
+    }
+    let ms = u64::try_from(total).map_err(|_| DurationError::Overflow(t.to_owned()))?;
+    Ok(Duration::from_millis(ms))
+}
+
+/// Format a duration the way authors write them (`1h30m`, `90ms`).
+pub fn format(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    if ms % 1000 != 0 && ms < 60_000 {
+        if ms < 1000 {
+            return format!("{ms}ms");
+        }
+        return format!("{:.1}s", d.as_secs_f64());
+    }
+    let mut secs = d.as_secs();
+    let mut out = String::new();
+    for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if secs >= n {
+            out.push_str(&format!("{}{unit}", secs / n));
+            secs %= n;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_compound_durations() {
+        assert_eq!(parse("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse("1d").unwrap(), Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn rejects_with_reason() {
+        assert_eq!(parse("30"), Err(DurationError::MissingUnit("30".into())));
+        assert!(matches!(parse("5min"), Err(DurationError::UnknownUnit { .. })));
+        assert!(matches!(parse("m5"), Err(DurationError::Malformed(_))));
+        assert_eq!(parse(""), Err(DurationError::Empty));
+        assert!(matches!(parse("99999999999999999999999d"), Err(DurationError::Overflow(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn format_round_trips(secs in 0u64..10_000_000) {
+            let d = Duration::from_secs(secs);
+            prop_assert_eq!(parse(&format(d)).unwrap(), d);
+        }
+    }
+}

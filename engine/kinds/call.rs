@@ -1,0 +1,43 @@
+//! `call`: run another runbook file as a sub-procedure with its own params.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::{DescriptionLine, Kind, TemplateField};
+use crate::model::Spanned;
+use crate::template::{Escape, RenderError, Renderer};
+
+/// A sub-runbook invocation.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CallSpec {
+    /// Path of the runbook, relative to this file.
+    pub runbook: Spanned<String>,
+    /// Its params (values are templates).
+    #[serde(default)]
+    pub params: BTreeMap<String, Spanned<String>>,
+}
+
+impl Kind for CallSpec {
+    fn name(&self) -> &'static str {
+        "call"
+    }
+    fn templates(&self) -> Vec<TemplateField<'_>> {
+        self.params
+            .iter()
+            .map(|(k, v)| TemplateField::new(format!("call.params.{k}"), v, Escape::None))
+            .collect()
+    }
+    fn mutates(&self) -> bool {
+        true
+    }
+    fn describe(&self, r: &Renderer<'_>) -> Result<Vec<DescriptionLine>, RenderError> {
+        let mut out = vec![("call".to_owned(), self.runbook.value.clone())];
+        for (k, v) in &self.params {
+            out.push((format!("param {k}"), r.render(&v.value, Escape::None)?));
+        }
+        Ok(out)
+    }
+}
