@@ -83,6 +83,30 @@ pub enum Command {
         #[arg(long, value_name = "PLAN")]
         out: Option<PathBuf>,
     },
+    /// Run a runbook: guards, actions, gates, approvals, rollback, `finally`.
+    Exec {
+        /// The runbook (optional with `--plan`, which names it).
+        #[arg(required_unless_present = "plan")]
+        file: Option<PathBuf>,
+        /// Params.
+        #[command(flatten)]
+        params: ParamArgs,
+        /// Execute a plan saved by `runbook plan --out`; refuses if the runbook or params changed.
+        #[arg(long, value_name = "PLAN")]
+        plan: Option<PathBuf>,
+        /// Run at most this many steps at once (overrides the runbook's `max_parallel`).
+        #[arg(long, value_name = "N")]
+        max_parallel: Option<usize>,
+        /// Pre-approve every approval step (recorded as approved via --yes).
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Name recorded for approvals given by this process (default: the OS user).
+        #[arg(long, value_name = "NAME")]
+        approver: Option<String>,
+        /// Progress output (default: tty on a terminal, plain otherwise).
+        #[arg(long, value_enum)]
+        output: Option<crate::exec::OutputMode>,
+    },
     /// Print the JSON Schema of runbook files.
     Schema,
 }
@@ -105,6 +129,9 @@ pub fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Validate { files } => validate(&out, &files),
         Command::Plan { file, params, format, out: plan_out } => plan_cmd(&out, &file, &params, format, plan_out.as_deref()),
+        Command::Exec { file, params, plan, max_parallel, yes, approver, output } => {
+            exec_cmd(&out, file.as_deref(), &params, plan.as_deref(), max_parallel, yes, approver, output)
+        }
         Command::Schema => {
             print!("{}", crate::schema::runbook_schema());
             exit::SUCCESS
@@ -217,4 +244,91 @@ fn plan_cmd(out: &Output, path: &Path, args: &ParamArgs, format: PlanFormat, pla
     };
     print!("{text}");
     exit::SUCCESS
+}
+
+#[expect(clippy::too_many_arguments, reason = "one argument per command-line option")]
+fn exec_cmd(
+    out: &Output,
+    file: Option<&Path>,
+    args: &ParamArgs,
+    plan_file: Option<&Path>,
+    max_parallel: Option<usize>,
+    yes: bool,
+    approver: Option<String>,
+    output: Option<crate::exec::OutputMode>,
+) -> u8 {
+    let (compiled, values) = match plan_file {
+        Some(pf) => match load_plan(out, pf, file, args) {
+            Ok(x) => x,
+            Err(code) => return code,
+        },
+        None => {
+            let Some(file) = file else { return exit::INVALID };
+            match load(out, file, args) {
+                Ok(x) => x,
+                Err(code) => return code,
+            }
+        }
+    };
+    let unsupported = crate::exec::unsupported_steps(&compiled);
+    if !unsupported.is_empty() {
+        eprintln!(
+            "error: failed to start: this version of runbook cannot execute {}\n  help: `plan` and `validate` support every kind; execution of k8s, sql and prometheus arrives in later versions",
+            unsupported.join(", ")
+        );
+        return exit::INVALID;
+    }
+    if max_parallel == Some(0) {
+        eprintln!("error: --max-parallel must be at least 1");
+        return exit::INVALID;
+    }
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let output = output.unwrap_or(if std::io::stderr().is_terminal() { crate::exec::OutputMode::Tty } else { crate::exec::OutputMode::Plain });
+    let options = crate::exec::Options { max_parallel, yes, approver, interactive, output };
+    match crate::exec::execute(&compiled, &values, &options) {
+        Ok(outcome) => outcome.status.exit_code(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::INVALID
+        }
+    }
+}
+
+/// Load a saved plan and check that it still describes the runbook and params it was made for.
+fn load_plan(out: &Output, plan_file: &Path, file: Option<&Path>, args: &ParamArgs) -> Result<(Compiled, ParamValues), u8> {
+    let text = std::fs::read_to_string(plan_file).map_err(|e| {
+        eprintln!("error: failed to read the plan {}: {e}", plan_file.display());
+        exit::INVALID
+    })?;
+    let saved: plan::Plan = serde_json::from_str(&text).map_err(|e| {
+        eprintln!("error: failed to read the plan {}: {e}\n  help: make one with `runbook plan FILE --out PLAN`", plan_file.display());
+        exit::INVALID
+    })?;
+    let path = file.map_or_else(|| PathBuf::from(&saved.file), Path::to_path_buf);
+    // Params come from the plan; secret params (shown as ***) must be given again with -p.
+    let mut cli: Vec<(String, String)> = saved
+        .params
+        .iter()
+        .filter(|(_, v)| v.as_str() != Some("***"))
+        .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+        .collect();
+    cli.extend(args.params.iter().cloned());
+    let merged = ParamArgs { params: cli, params_file: args.params_file.clone() };
+    let (compiled, values) = load(out, &path, &merged)?;
+    if compiled.hash != saved.runbook_hash {
+        eprintln!(
+            "error: refusing to execute the plan: {} changed since the plan was made (sha256 {} then, {} now)\n  help: review a new plan: `runbook plan {} --out {}`",
+            path.display(),
+            &saved.runbook_hash[..12.min(saved.runbook_hash.len())],
+            &compiled.hash[..12],
+            path.display(),
+            plan_file.display()
+        );
+        return Err(exit::STATE);
+    }
+    if plan::plan_hash(&compiled.hash, &values) != saved.plan_hash {
+        eprintln!("error: refusing to execute the plan: the params differ from those the plan was made with\n  help: pass exactly the plan's params (secret params again with -p), or make a new plan");
+        return Err(exit::STATE);
+    }
+    Ok((compiled, values))
 }

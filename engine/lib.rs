@@ -5,9 +5,11 @@
 //! [`plan`] (render for review) → exec → state and audit.
 
 pub mod cli;
+pub mod clock;
 pub mod compile;
 pub mod diagnostic;
 pub mod duration;
+pub mod exec;
 pub mod exit;
 pub mod kinds;
 pub mod mask;

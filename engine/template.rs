@@ -143,7 +143,7 @@ impl Renderer<'_> {
     pub fn with(&self, name: &str, value: Value) -> Self {
         Self {
             env: self.env,
-            ctx: minijinja::context! { ..Value::from_iter([(name.to_owned(), value)]), ..self.ctx.clone() },
+            ctx: minijinja::context! { ..Value::from(std::collections::BTreeMap::from([(name.to_owned(), value)])), ..self.ctx.clone() },
         }
     }
 

@@ -72,3 +72,16 @@ impl Kind for ApproveSpec {
         Ok(out)
     }
 }
+
+impl super::Perform for ApproveSpec {
+    fn perform<'a>(&'a self, ctx: &'a crate::exec::ActionCtx) -> super::PerformFuture<'a> {
+        Box::pin(async move {
+            use crate::exec::ActionError;
+            let message = ctx
+                .renderer()
+                .render(&self.message.value, Escape::None)
+                .map_err(|e| ActionError::Failed(e.to_string()))?;
+            crate::exec::approval::request(ctx, self, &ctx.mask(&message)).await
+        })
+    }
+}

@@ -41,3 +41,17 @@ impl Kind for CallSpec {
         Ok(out)
     }
 }
+
+impl super::Perform for CallSpec {
+    fn perform<'a>(&'a self, ctx: &'a crate::exec::ActionCtx) -> super::PerformFuture<'a> {
+        Box::pin(async move {
+            use crate::exec::ActionError;
+            let r = ctx.renderer();
+            let mut params = Vec::new();
+            for (k, v) in &self.params {
+                params.push((k.clone(), r.render(&v.value, Escape::None).map_err(|e| ActionError::Failed(e.to_string()))?));
+            }
+            crate::exec::call(ctx, &self.runbook.value, params).await
+        })
+    }
+}

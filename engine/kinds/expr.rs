@@ -26,3 +26,20 @@ impl Kind for ExprAction<'_> {
         Ok(vec![("expr".to_owned(), self.expr.value.clone())])
     }
 }
+
+impl super::Perform for ExprAction<'_> {
+    fn perform<'a>(&'a self, ctx: &'a crate::exec::ActionCtx) -> super::PerformFuture<'a> {
+        Box::pin(async move {
+            use crate::exec::{ActionError, ActionResult};
+            let v = ctx.renderer().eval(&self.expr.value).map_err(|e| ActionError::Failed(e.to_string()))?;
+            let ok = v.is_true();
+            Ok(ActionResult {
+                value: serde_json::to_value(&v).unwrap_or(serde_json::Value::Null),
+                ok,
+                summary: format!("{} is {ok}", self.expr.value),
+                exit_code: None,
+                http_status: None,
+            })
+        })
+    }
+}

@@ -178,3 +178,72 @@ impl Kind for HttpSpec {
         Ok(out)
     }
 }
+
+/// Bytes of a response body kept in `result.body`.
+const BODY_LIMIT: usize = 1 << 20;
+
+impl super::Perform for HttpSpec {
+    fn perform<'a>(&'a self, ctx: &'a crate::exec::ActionCtx) -> super::PerformFuture<'a> {
+        Box::pin(async move {
+            use crate::exec::{ActionError, ActionResult};
+            let r = ctx.renderer();
+            let fail = |e: RenderError| ActionError::Failed(e.to_string());
+            let url = r.render(&self.url.value, Escape::None).map_err(fail)?;
+            let method = reqwest::Method::from_bytes(self.method().as_str().as_bytes())
+                .map_err(|e| ActionError::Failed(e.to_string()))?;
+            let timeout = match &self.timeout {
+                Some(t) => crate::duration::parse(&t.value.0).unwrap_or(ctx.timeout()),
+                None => ctx.timeout().min(std::time::Duration::from_secs(30)),
+            };
+            ctx.note_command(&format!("{} {url}", self.method().as_str()));
+            let mut req = ctx.http().request(method, &url).timeout(timeout);
+            for (k, v) in &self.headers {
+                req = req.header(k.as_str(), r.render(&v.value, Escape::None).map_err(fail)?);
+            }
+            if let Some(json) = &self.json {
+                req = req.json(&render_json(&r, &json.value).map_err(fail)?);
+            } else if let Some(body) = &self.body {
+                req = req.body(r.render(&body.value, Escape::None).map_err(fail)?);
+            }
+            let mut cancel = ctx.cancelled();
+            let resp = tokio::select! {
+                r = req.send() => r,
+                () = cancel.wait() => return Err(ActionError::Cancelled),
+            };
+            let resp = resp.map_err(|e| {
+                let why = if e.is_timeout() {
+                    format!("no response within {}", crate::duration::format(timeout))
+                } else if e.is_connect() {
+                    "could not connect".to_owned()
+                } else {
+                    "request failed".to_owned()
+                };
+                let mut chain = String::new();
+                let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    chain = s.to_string();
+                    src = s.source();
+                }
+                ActionError::Failed(ctx.mask(&format!("failed to {} {url}: {why}{}", self.method().as_str(), if chain.is_empty() { String::new() } else { format!(" ({chain})") })))
+            })?;
+            let status = resp.status().as_u16();
+            let headers: serde_json::Map<String, serde_json::Value> = resp
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+                .collect();
+            let bytes = resp.bytes().await.map_err(|e| ActionError::Failed(format!("failed to read the response body: {e}")))?;
+            let body = String::from_utf8_lossy(&bytes[..bytes.len().min(BODY_LIMIT)]).into_owned();
+            let mut value = serde_json::json!({
+                "status": status,
+                "headers": headers,
+                "body": ctx.mask(&body),
+            });
+            if let Ok(j) = serde_json::from_str::<serde_json::Value>(&body) {
+                value["json"] = j;
+            }
+            let ok = (200..300).contains(&status);
+            Ok(ActionResult { value, ok, summary: format!("HTTP {status}"), exit_code: None, http_status: Some(status) })
+        })
+    }
+}

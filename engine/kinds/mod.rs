@@ -206,3 +206,37 @@ pub fn compensation_actions(c: &Compensation) -> Vec<Action<'_>> {
     }
     out
 }
+
+/// A boxed future returned by [`Perform::perform`] (the executor spawns it on tokio).
+pub type PerformFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<crate::exec::ActionResult, crate::exec::ActionError>> + Send + 'a>,
+>;
+
+/// How a kind performs its action (or its check) at run time.
+pub trait Perform {
+    /// Do it once: render templates with `ctx`, act, and describe what happened in `result`.
+    fn perform<'a>(&'a self, ctx: &'a crate::exec::ActionCtx) -> PerformFuture<'a>;
+}
+
+impl Action<'_> {
+    /// Perform the action once.
+    ///
+    /// # Errors
+    /// The kind's failure (timeout, cancellation, a request that could not be sent…).
+    pub async fn perform(&self, ctx: &crate::exec::ActionCtx) -> Result<crate::exec::ActionResult, crate::exec::ActionError> {
+        match self {
+            Action::Run(a) => a.perform(ctx).await,
+            Action::Http(a) => a.value.perform(ctx).await,
+            Action::Sleep(a) => a.perform(ctx).await,
+            Action::Approve(a) => a.value.perform(ctx).await,
+            Action::Call(a) => a.value.perform(ctx).await,
+            Action::Expr(a) => a.perform(ctx).await,
+            Action::K8s(_) | Action::Sql(_) | Action::Prometheus(_) => Err(crate::exec::ActionError::Unsupported(self.name())),
+        }
+    }
+
+    /// Whether this build can perform the action (`k8s`, `sql`, `prometheus` arrive later).
+    pub fn supported(&self) -> bool {
+        !matches!(self, Action::K8s(_) | Action::Sql(_) | Action::Prometheus(_))
+    }
+}

@@ -1,0 +1,251 @@
+//! What every task of a run shares (masker, reporter, cancellation, HTTP client) and what an
+//! action sees of it ([`ActionCtx`]).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use minijinja::Value;
+use tokio::sync::watch;
+
+use super::{Event, Options, Reporter, Stream};
+use crate::compile::{Compiled, ParamValues};
+use crate::mask::Masker;
+use crate::template::Renderer;
+
+/// Run-wide state shared by every task.
+pub struct Shared {
+    /// Run id.
+    pub run_id: String,
+    /// Who started the run.
+    pub user: String,
+    /// Where.
+    pub host: String,
+    /// When (ms since epoch).
+    pub started_at_ms: i64,
+    /// Masks every secret value in every output.
+    pub masker: Masker,
+    /// Secret values by name, for templates.
+    pub secrets: BTreeMap<String, String>,
+    /// Where events go.
+    pub reporter: Box<dyn Reporter>,
+    /// Operator options.
+    pub options: Options,
+    /// One HTTP client (connection reuse) for the run.
+    pub http: reqwest::Client,
+    cancel_tx: watch::Sender<bool>,
+    /// Why the run was cancelled, once it was.
+    pub cancel_reason: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("run_id", &self.run_id).finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Set up a run.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn new(
+        run_id: String,
+        c: &Compiled,
+        params: &ParamValues,
+        secrets: &[(String, String)],
+        options: Options,
+        reporter: Box<dyn Reporter>,
+    ) -> Result<Arc<Self>, String> {
+        let mut secret_values: Vec<String> = secrets.iter().map(|(_, v)| v.clone()).collect();
+        for (name, p) in &c.runbook.params {
+            if p.value.secret {
+                if let Some(serde_json::Value::String(s)) = params.get(name) {
+                    secret_values.push(s.clone());
+                }
+            }
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("runbook/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("failed to set up the HTTP client: {e}"))?;
+        let (cancel_tx, _) = watch::channel(false);
+        Ok(Arc::new(Self {
+            run_id,
+            user: super::current_user(),
+            host: super::current_host(),
+            started_at_ms: crate::clock::now_ms(),
+            masker: Masker::new(secret_values),
+            secrets: secrets.iter().cloned().collect(),
+            reporter,
+            options,
+            http,
+            cancel_tx,
+            cancel_reason: Mutex::new(None),
+        }))
+    }
+
+    /// Emit an event now.
+    pub fn emit(&self, event: &Event) {
+        self.reporter.emit(crate::clock::now_ms(), event);
+    }
+
+    /// Cancel the run: running actions are killed, nothing new starts, `finally` still runs.
+    pub fn cancel(&self, reason: &str) {
+        if let Ok(mut r) = self.cancel_reason.lock() {
+            r.get_or_insert_with(|| reason.to_owned());
+        }
+        let _ = self.cancel_tx.send(true);
+    }
+
+    /// Clear the cancellation latch so `finally` steps can run after a cancellation; a new
+    /// signal cancels them in turn.
+    pub fn rearm(&self) {
+        let _ = self.cancel_tx.send(false);
+    }
+
+    /// Whether the run was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        *self.cancel_tx.borrow()
+    }
+
+    /// A future-maker that completes when the run is cancelled.
+    pub fn cancelled(&self) -> CancelWait {
+        CancelWait(self.cancel_tx.subscribe())
+    }
+
+    /// Mask secrets in text.
+    pub fn mask(&self, s: &str) -> String {
+        self.masker.mask(s)
+    }
+}
+
+/// Waits for cancellation.
+pub struct CancelWait(watch::Receiver<bool>);
+
+impl CancelWait {
+    /// Complete when the run is cancelled (never, otherwise).
+    pub async fn wait(&mut self) {
+        if self.0.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Cancel the run on Ctrl-C or SIGTERM (every time: a second signal stops `finally` too).
+pub(super) async fn cancel_on_signals(shared: Arc<Shared>) {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        return;
+    };
+    let Ok(mut int) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = int.recv() => shared.cancel("interrupted (Ctrl-C)"),
+            _ = term.recv() => shared.cancel("terminated (SIGTERM)"),
+        }
+    }
+}
+
+/// What an action sees while it runs: its step, attempt, limit, and the template context.
+#[derive(Clone)]
+pub struct ActionCtx {
+    pub(super) shared: Arc<Shared>,
+    pub(super) step: Arc<str>,
+    pub(super) attempt: u32,
+    pub(super) timeout: Duration,
+    pub(super) renderer: Renderer<'static>,
+    /// For `call`: the caller's compiled runbook.
+    pub(super) compiled: Arc<Compiled>,
+}
+
+impl std::fmt::Debug for ActionCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActionCtx").field("step", &self.step).field("attempt", &self.attempt).finish_non_exhaustive()
+    }
+}
+
+impl ActionCtx {
+    /// The template renderer for this attempt.
+    pub fn renderer(&self) -> Renderer<'static> {
+        self.renderer.clone()
+    }
+    /// The limit of this attempt.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+    /// Mask secrets.
+    pub fn mask(&self, s: &str) -> String {
+        self.shared.mask(s)
+    }
+    /// Stream a line of output (masked).
+    pub fn output(&self, stream: Stream, line: &str) {
+        self.shared.emit(&Event::Output { step: self.step.to_string(), stream, line: self.mask(line) });
+    }
+    /// Record the rendered command or request (masked).
+    pub fn note_command(&self, command: &str) {
+        self.shared.emit(&Event::Command { step: self.step.to_string(), attempt: self.attempt, command: self.mask(command) });
+    }
+    /// The run's HTTP client.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.shared.http
+    }
+    /// Completes on cancellation.
+    pub fn cancelled(&self) -> CancelWait {
+        self.shared.cancelled()
+    }
+    /// The step id.
+    pub fn step(&self) -> &str {
+        &self.step
+    }
+    /// The run.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+/// Everything templates of a run can read, updated as steps finish.
+#[derive(Debug, Clone)]
+pub(super) struct TemplateState {
+    pub params: Value,
+    pub secrets: Value,
+    pub env: Value,
+    pub run: BTreeMap<String, Value>,
+    pub steps: BTreeMap<String, Value>,
+}
+
+impl TemplateState {
+    pub fn new(shared: &Shared, c: &Compiled, params: &ParamValues) -> Self {
+        let mut run = BTreeMap::new();
+        run.insert("id".to_owned(), Value::from(shared.run_id.clone()));
+        run.insert("runbook".to_owned(), Value::from(c.runbook.runbook.value.clone()));
+        run.insert("started_at".to_owned(), Value::from(crate::clock::rfc3339(shared.started_at_ms)));
+        run.insert("status".to_owned(), Value::from("running"));
+        run.insert("user".to_owned(), Value::from(shared.user.clone()));
+        run.insert("host".to_owned(), Value::from(shared.host.clone()));
+        run.insert("lock_token".to_owned(), Value::from(0));
+        run.insert(
+            "dir".to_owned(),
+            Value::from(c.path.parent().map(|p| p.display().to_string()).unwrap_or_else(|| ".".to_owned())),
+        );
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Self {
+            params: Value::from(minijinja::value::Serde(params)),
+            secrets: Value::from(minijinja::value::Serde(&shared.secrets)),
+            env: Value::from(minijinja::value::Serde(env)),
+            run,
+            steps: BTreeMap::new(),
+        }
+    }
+
+    pub fn renderer(&self) -> Renderer<'static> {
+        Renderer::new(minijinja::context! {
+            params => self.params.clone(),
+            secrets => self.secrets.clone(),
+            env => self.env.clone(),
+            run => Value::from(self.run.clone()),
+            steps => Value::from(self.steps.clone()),
+        })
+    }
+}
