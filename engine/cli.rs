@@ -15,7 +15,7 @@ use crate::plan;
 #[derive(Debug, Parser)]
 #[command(name = "runbook", version, about, after_long_help = exit::TABLE, after_help = exit::TABLE)]
 pub struct Cli {
-    /// Diagnostics format: `human` (source snippets) or `short` (file:line:col: message).
+    /// Diagnostics format: `human` (source snippets) or `short` (<file:line:col>: message).
     #[arg(long, global = true, value_enum, default_value_t = MessageFormat::Human)]
     pub message_format: MessageFormat,
     /// The command.
@@ -117,7 +117,11 @@ pub fn main() -> u8 {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { exit::INVALID } else { exit::SUCCESS };
+            return if e.use_stderr() {
+                exit::INVALID
+            } else {
+                exit::SUCCESS
+            };
         }
     };
     run(cli)
@@ -125,13 +129,36 @@ pub fn main() -> u8 {
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> u8 {
-    let out = Output { format: cli.message_format, color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() };
+    let out = Output {
+        format: cli.message_format,
+        color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
     match cli.command {
-        Command::Validate { files } => validate(&out, &files),
-        Command::Plan { file, params, format, out: plan_out } => plan_cmd(&out, &file, &params, format, plan_out.as_deref()),
-        Command::Exec { file, params, plan, max_parallel, yes, approver, output } => {
-            exec_cmd(&out, file.as_deref(), &params, plan.as_deref(), max_parallel, yes, approver, output)
-        }
+        Command::Validate { files } => validate(out, &files),
+        Command::Plan {
+            file,
+            params,
+            format,
+            out: plan_out,
+        } => plan_cmd(out, &file, &params, format, plan_out.as_deref()),
+        Command::Exec {
+            file,
+            params,
+            plan,
+            max_parallel,
+            yes,
+            approver,
+            output,
+        } => exec_cmd(
+            out,
+            file.as_deref(),
+            &params,
+            plan.as_deref(),
+            max_parallel,
+            yes,
+            approver,
+            output,
+        ),
         Command::Schema => {
             print!("{}", crate::schema::runbook_schema());
             exit::SUCCESS
@@ -150,7 +177,7 @@ pub struct Output {
 
 impl Output {
     /// Print diagnostics about a file to stderr.
-    pub fn diagnostics(&self, file: &SourceFile, diags: &[Diagnostic]) {
+    pub fn diagnostics(self, file: &SourceFile, diags: &[Diagnostic]) {
         let mut err = std::io::stderr().lock();
         match self.format {
             MessageFormat::Short => {
@@ -166,11 +193,16 @@ impl Output {
             }
         }
         let n = diags.len();
-        let _ = writeln!(err, "error: {} has {n} problem{}", file.name, if n == 1 { "" } else { "s" });
+        let _ = writeln!(
+            err,
+            "error: {} has {n} problem{}",
+            file.name,
+            if n == 1 { "" } else { "s" }
+        );
     }
 }
 
-fn validate(out: &Output, files: &[PathBuf]) -> u8 {
+fn validate(out: Output, files: &[PathBuf]) -> u8 {
     let mut code = exit::SUCCESS;
     for f in files {
         match compile::compile_path(f) {
@@ -188,7 +220,7 @@ fn validate(out: &Output, files: &[PathBuf]) -> u8 {
 ///
 /// # Errors
 /// The exit code to return.
-pub fn load(out: &Output, path: &Path, args: &ParamArgs) -> Result<(Compiled, ParamValues), u8> {
+pub fn load(out: Output, path: &Path, args: &ParamArgs) -> Result<(Compiled, ParamValues), u8> {
     let compiled = compile::compile_path(path).map_err(|(file, diags)| {
         out.diagnostics(&file, &diags);
         exit::INVALID
@@ -197,27 +229,44 @@ pub fn load(out: &Output, path: &Path, args: &ParamArgs) -> Result<(Compiled, Pa
         Some(p) => read_params_file(out, p)?,
         None => BTreeMap::new(),
     };
-    let values = compile::resolve_params(&compiled.runbook, &args.params, &file_values).map_err(|diags| {
-        out.diagnostics(&compiled.file, &diags);
-        exit::INVALID
-    })?;
+    let values = compile::resolve_params(&compiled.runbook, &args.params, &file_values).map_err(
+        |diags| {
+            out.diagnostics(&compiled.file, &diags);
+            exit::INVALID
+        },
+    )?;
     Ok((compiled, values))
 }
 
-fn read_params_file(out: &Output, p: &Path) -> Result<BTreeMap<String, serde_json::Value>, u8> {
+fn read_params_file(out: Output, p: &Path) -> Result<BTreeMap<String, serde_json::Value>, u8> {
     let name = p.display().to_string();
     let text = std::fs::read_to_string(p).map_err(|e| {
-        out.diagnostics(&SourceFile::new(name.clone(), ""), &[Diagnostic::global("unreadable", format!("failed to read params file: {e}"))]);
+        out.diagnostics(
+            &SourceFile::new(name.clone(), ""),
+            &[Diagnostic::global(
+                "unreadable",
+                format!("failed to read params file: {e}"),
+            )],
+        );
         exit::INVALID
     })?;
     let file = SourceFile::new(name, text.clone());
     crate::parse::parse_as::<BTreeMap<String, serde_json::Value>>(&file, &text).map_err(|d| {
-        out.diagnostics(&file, &[d.with_help("a params file is a mapping of param names to values")]);
+        out.diagnostics(
+            &file,
+            &[d.with_help("a params file is a mapping of param names to values")],
+        );
         exit::INVALID
     })
 }
 
-fn plan_cmd(out: &Output, path: &Path, args: &ParamArgs, format: PlanFormat, plan_out: Option<&Path>) -> u8 {
+fn plan_cmd(
+    out: Output,
+    path: &Path,
+    args: &ParamArgs,
+    format: PlanFormat,
+    plan_out: Option<&Path>,
+) -> u8 {
     let (compiled, values) = match load(out, path, args) {
         Ok(x) => x,
         Err(code) => return code,
@@ -230,11 +279,11 @@ fn plan_cmd(out: &Output, path: &Path, args: &ParamArgs, format: PlanFormat, pla
         }
     };
     let json = serde_json::to_string_pretty(&p).unwrap_or_default() + "\n";
-    if let Some(o) = plan_out {
-        if let Err(e) = std::fs::write(o, &json) {
-            eprintln!("error: failed to write the plan to {}: {e}", o.display());
-            return exit::INVALID;
-        }
+    if let Some(o) = plan_out
+        && let Err(e) = std::fs::write(o, &json)
+    {
+        eprintln!("error: failed to write the plan to {}: {e}", o.display());
+        return exit::INVALID;
     }
     let text = match format {
         PlanFormat::Text => plan::text(&p),
@@ -246,9 +295,12 @@ fn plan_cmd(out: &Output, path: &Path, args: &ParamArgs, format: PlanFormat, pla
     exit::SUCCESS
 }
 
-#[expect(clippy::too_many_arguments, reason = "one argument per command-line option")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one argument per command-line option"
+)]
 fn exec_cmd(
-    out: &Output,
+    out: Output,
     file: Option<&Path>,
     args: &ParamArgs,
     plan_file: Option<&Path>,
@@ -257,17 +309,18 @@ fn exec_cmd(
     approver: Option<String>,
     output: Option<crate::exec::OutputMode>,
 ) -> u8 {
-    let (compiled, values) = match plan_file {
-        Some(pf) => match load_plan(out, pf, file, args) {
+    let (compiled, values) = if let Some(pf) = plan_file {
+        match load_plan(out, pf, file, args) {
             Ok(x) => x,
             Err(code) => return code,
-        },
-        None => {
-            let Some(file) = file else { return exit::INVALID };
-            match load(out, file, args) {
-                Ok(x) => x,
-                Err(code) => return code,
-            }
+        }
+    } else {
+        let Some(file) = file else {
+            return exit::INVALID;
+        };
+        match load(out, file, args) {
+            Ok(x) => x,
+            Err(code) => return code,
         }
     };
     let unsupported = crate::exec::unsupported_steps(&compiled);
@@ -283,8 +336,18 @@ fn exec_cmd(
         return exit::INVALID;
     }
     let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-    let output = output.unwrap_or(if std::io::stderr().is_terminal() { crate::exec::OutputMode::Tty } else { crate::exec::OutputMode::Plain });
-    let options = crate::exec::Options { max_parallel, yes, approver, interactive, output };
+    let output = output.unwrap_or(if std::io::stderr().is_terminal() {
+        crate::exec::OutputMode::Tty
+    } else {
+        crate::exec::OutputMode::Plain
+    });
+    let options = crate::exec::Options {
+        max_parallel,
+        yes,
+        approver,
+        interactive,
+        output,
+    };
     match crate::exec::execute(&compiled, &values, &options) {
         Ok(outcome) => outcome.status.exit_code(),
         Err(e) => {
@@ -295,9 +358,17 @@ fn exec_cmd(
 }
 
 /// Load a saved plan and check that it still describes the runbook and params it was made for.
-fn load_plan(out: &Output, plan_file: &Path, file: Option<&Path>, args: &ParamArgs) -> Result<(Compiled, ParamValues), u8> {
+fn load_plan(
+    out: Output,
+    plan_file: &Path,
+    file: Option<&Path>,
+    args: &ParamArgs,
+) -> Result<(Compiled, ParamValues), u8> {
     let text = std::fs::read_to_string(plan_file).map_err(|e| {
-        eprintln!("error: failed to read the plan {}: {e}", plan_file.display());
+        eprintln!(
+            "error: failed to read the plan {}: {e}",
+            plan_file.display()
+        );
         exit::INVALID
     })?;
     let saved: plan::Plan = serde_json::from_str(&text).map_err(|e| {
@@ -310,10 +381,18 @@ fn load_plan(out: &Output, plan_file: &Path, file: Option<&Path>, args: &ParamAr
         .params
         .iter()
         .filter(|(_, v)| v.as_str() != Some("***"))
-        .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+            )
+        })
         .collect();
     cli.extend(args.params.iter().cloned());
-    let merged = ParamArgs { params: cli, params_file: args.params_file.clone() };
+    let merged = ParamArgs {
+        params: cli,
+        params_file: args.params_file.clone(),
+    };
     let (compiled, values) = load(out, &path, &merged)?;
     if compiled.hash != saved.runbook_hash {
         eprintln!(
@@ -327,7 +406,9 @@ fn load_plan(out: &Output, plan_file: &Path, file: Option<&Path>, args: &ParamAr
         return Err(exit::STATE);
     }
     if plan::plan_hash(&compiled.hash, &values) != saved.plan_hash {
-        eprintln!("error: refusing to execute the plan: the params differ from those the plan was made with\n  help: pass exactly the plan's params (secret params again with -p), or make a new plan");
+        eprintln!(
+            "error: refusing to execute the plan: the params differ from those the plan was made with\n  help: pass exactly the plan's params (secret params again with -p), or make a new plan"
+        );
         return Err(exit::STATE);
     }
     Ok((compiled, values))

@@ -43,7 +43,10 @@ mod tests {
     #[test]
     fn formats_known_instants() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(super::rfc3339(1_764_090_245_123), "2025-11-25T17:04:05.123Z");
+        assert_eq!(
+            super::rfc3339(1_764_090_245_123),
+            "2025-11-25T17:04:05.123Z"
+        );
         assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 }

@@ -1,4 +1,4 @@
-//! Diagnostics about a runbook file: what is wrong, where (file:line:col), and how to fix it.
+//! Diagnostics about a runbook file: what is wrong, where (<file:line:col>), and how to fix it.
 //!
 //! Every phase before execution reports problems as [`Diagnostic`]s; they are collected, not
 //! thrown, so an author sees all of them at once. They are rendered once, at the edge, by miette.
@@ -64,13 +64,26 @@ impl SourceFile {
         };
         let rest = &self.text[start.min(self.text.len())..];
         let line_end = rest.find('\n').unwrap_or(rest.len());
+        // Indentation (e.g. a stray tab): underline just the whitespace.
+        let blank = rest[..line_end].len() - rest[..line_end].trim_start_matches([' ', '\t']).len();
+        if blank > 0 {
+            return Some(SourceSpan::new(start.into(), blank));
+        }
         let token = rest[..line_end].trim_end();
         let token = token.split(" #").next().unwrap_or(token).trim_end();
         // A key (`timout: 5m`): underline the key. Plain scalars cannot contain `: `.
-        let token = token.split(": ").next().unwrap_or(token).trim_end_matches(':');
+        let token = token
+            .split(": ")
+            .next()
+            .unwrap_or(token)
+            .trim_end_matches(':');
         // Inside a flow collection (`[a, b]`, `{k: v}`) a plain scalar ends at `,`, `]` or `}`.
         let token = if token.starts_with(|c: char| c.is_alphanumeric() || c == '_') {
-            token.split([',', ']', '}']).next().unwrap_or(token).trim_end()
+            token
+                .split([',', ']', '}'])
+                .next()
+                .unwrap_or(token)
+                .trim_end()
         } else {
             token
         };
@@ -144,7 +157,9 @@ impl Diagnostic {
     /// `file:line:col: message` — one line, for logs, editors and tests.
     pub fn short(&self, file: &SourceFile) -> String {
         match self.span {
-            Some(s) if s.line > 0 => format!("{}:{}:{}: {}", file.name, s.line, s.column, self.message),
+            Some(s) if s.line > 0 => {
+                format!("{}:{}:{}: {}", file.name, s.line, s.column, self.message)
+            }
             _ => format!("{}: {}", file.name, self.message),
         }
     }
@@ -226,13 +241,44 @@ pub fn render(file: &SourceFile, diags: &[Diagnostic], color: bool) -> String {
 }
 
 /// The closest candidate to `word`, if close enough to be a plausible typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
-        .map(|c| (levenshtein(word, c), c))
+        .map(|c| (typo_distance(word, c), c))
         .filter(|(d, c)| *d <= (word.len().max(c.len()) / 3).max(1) && *d < word.len())
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
+}
+
+/// Edit distance counting a swap of two neighbouring characters as one edit (optimal string
+/// alignment), so `dealy` is one typo away from `delay`.
+pub fn typo_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    // d[i][j]: distance between a[..i] and b[..j].
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j - 1] + cost)
+                .min(d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// Edit distance between two strings (characters).
@@ -257,16 +303,29 @@ mod tests {
 
     #[test]
     fn suggests_close_words_only() {
-        assert_eq!(did_you_mean("neds", ["needs", "name", "run"]), Some("needs"));
-        assert_eq!(did_you_mean("timout", ["timeout", "retry"]), Some("timeout"));
+        assert_eq!(
+            did_you_mean("neds", ["needs", "name", "run"]),
+            Some("needs")
+        );
+        assert_eq!(
+            did_you_mean("timout", ["timeout", "retry"]),
+            Some("timeout")
+        );
         assert_eq!(did_you_mean("zzzzzz", ["needs", "name"]), None);
+        assert_eq!(
+            did_you_mean("dealy", ["attempts", "delay", "backoff"]),
+            Some("delay")
+        );
+        assert_eq!(typo_distance("frist", "first"), 1);
+        assert_eq!(typo_distance("abc", "abc"), 0);
+        assert_eq!(typo_distance("", "ab"), 2);
     }
 
     #[test]
     fn offsets_and_positions_agree() {
         let f = SourceFile::new("x.yaml", "a: 1\nbé: 2\n");
-        let off = f.offset_of(2, 4).unwrap();
-        assert_eq!(&f.text[off..off + 1], "2");
-        assert_eq!(f.line_col(off), (2, 4));
+        let off = f.offset_of(2, 5).unwrap();
+        assert_eq!(&f.text[off..=off], "2");
+        assert_eq!(f.line_col(off), (2, 5));
     }
 }

@@ -1,5 +1,6 @@
 //! Durations as runbook authors write them: `90s`, `5m`, `1h30m`, `250ms`, `1d`.
 
+use std::fmt::Write;
 use std::time::Duration;
 
 /// Why a duration did not parse; the message tells how to write one.
@@ -28,7 +29,8 @@ pub enum DurationError {
 }
 
 /// How to write a duration, for error help texts.
-pub const DURATION_HELP: &str = "write a duration as numbers with units ms, s, m, h or d, e.g. `90s`, `5m`, `1h30m`";
+pub const DURATION_HELP: &str =
+    "write a duration as numbers with units ms, s, m, h or d, e.g. `90s`, `5m`, `1h30m`";
 
 /// Parse a duration.
 ///
@@ -84,7 +86,7 @@ pub fn format(d: Duration) -> String {
     if ms == 0 {
         return "0s".to_owned();
     }
-    if ms % 1000 != 0 && ms < 60_000 {
+    if !ms.is_multiple_of(1000) && ms < 60_000 {
         if ms < 1000 {
             return format!("{ms}ms");
         }
@@ -94,7 +96,7 @@ pub fn format(d: Duration) -> String {
     let mut out = String::new();
     for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
         if secs >= n {
-            out.push_str(&format!("{}{unit}", secs / n));
+            let _ = write!(out, "{}{unit}", secs / n);
             secs %= n;
         }
     }
@@ -109,18 +111,24 @@ mod tests {
     #[test]
     fn parses_compound_durations() {
         assert_eq!(parse("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse("1h30m").unwrap(), Duration::from_mins(90));
         assert_eq!(parse("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse("1d").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse("1d").unwrap(), Duration::from_hours(24));
     }
 
     #[test]
     fn rejects_with_reason() {
         assert_eq!(parse("30"), Err(DurationError::MissingUnit("30".into())));
-        assert!(matches!(parse("5min"), Err(DurationError::UnknownUnit { .. })));
+        assert!(matches!(
+            parse("5min"),
+            Err(DurationError::UnknownUnit { .. })
+        ));
         assert!(matches!(parse("m5"), Err(DurationError::Malformed(_))));
         assert_eq!(parse(""), Err(DurationError::Empty));
-        assert!(matches!(parse("99999999999999999999999d"), Err(DurationError::Overflow(_))));
+        assert!(matches!(
+            parse("99999999999999999999999d"),
+            Err(DurationError::Overflow(_))
+        ));
     }
 
     proptest! {

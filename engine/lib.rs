@@ -17,4 +17,5 @@ pub mod model;
 pub mod parse;
 pub mod plan;
 pub mod schema;
+pub mod state;
 pub mod template;

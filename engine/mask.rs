@@ -89,8 +89,14 @@ mod tests {
 
     #[test]
     fn masks_dsn_passwords() {
-        assert_eq!(mask_dsn("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
-        assert_eq!(mask_dsn("host=db password=s3cret user=app"), "host=db password=*** user=app");
+        assert_eq!(
+            mask_dsn("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(
+            mask_dsn("host=db password=s3cret user=app"),
+            "host=db password=*** user=app"
+        );
         assert_eq!(mask_dsn("postgres://db/x"), "postgres://db/x");
     }
 }

@@ -4,8 +4,8 @@
 //! the header alone (steps ignored), then each step in isolation, with the rest of the file blanked
 //! out so that lines, columns and byte offsets stay exactly those of the original file.
 
-use serde_saphyr::granit_parser::{self, Event, Parser};
 use serde::de::IgnoredAny;
+use serde_saphyr::granit_parser::{self, Event, Parser, StructureStyle};
 
 use crate::diagnostic::{Diagnostic, SourceFile, did_you_mean};
 use crate::model::{Runbook, Span, Step};
@@ -27,7 +27,7 @@ pub fn parse_as<T: serde::de::DeserializeOwned>(
     file: &SourceFile,
     text: &str,
 ) -> Result<T, Diagnostic> {
-    serde_saphyr::from_str::<T>(text).map_err(|e| convert(file, &e))
+    serde_saphyr::from_str::<T>(text).map_err(|e| convert(file, text, &e))
 }
 
 /// After a failed parse, look for the other errors too.
@@ -60,13 +60,7 @@ fn step_ranges(text: &str) -> Vec<(usize, usize)> {
     let mut expect_key = true;
     let mut in_steps = false;
     let mut item_start: Option<usize> = None;
-    let char_to_byte = |span_marker: granit_parser::Marker| {
-        span_marker.byte_offset().unwrap_or_else(|| {
-            text.char_indices()
-                .nth(span_marker.index())
-                .map_or(text.len(), |(b, _)| b)
-        })
-    };
+    let char_to_byte = |m: granit_parser::Marker| byte_of(text, m);
     for ev in Parser::new_from_str(text) {
         let Ok((event, span)) = ev else { break };
         match event {
@@ -78,10 +72,11 @@ fn step_ranges(text: &str) -> Vec<(usize, usize)> {
             }
             Event::MappingEnd | Event::SequenceEnd => {
                 depth = depth.saturating_sub(1);
-                if depth == 2 && in_steps {
-                    if let Some(s) = item_start.take() {
-                        ranges.push((s, char_to_byte(span.end)));
-                    }
+                if depth == 2
+                    && in_steps
+                    && let Some(s) = item_start.take()
+                {
+                    ranges.push((s, char_to_byte(span.end)));
                 }
                 if depth == 1 {
                     // A value at depth 1 finished: next is a key.
@@ -104,10 +99,8 @@ fn step_ranges(text: &str) -> Vec<(usize, usize)> {
                     ranges.push((s, char_to_byte(span.end).max(s + 1)));
                 }
             }
-            Event::Alias(..) => {
-                if depth == 1 && !expect_key {
-                    expect_key = true;
-                }
+            Event::Alias(..) if depth == 1 && !expect_key => {
+                expect_key = true;
             }
             _ => {}
         }
@@ -132,7 +125,7 @@ fn isolate(text: &str, start: usize, end: usize) -> String {
 }
 
 /// A serde-saphyr error as a diagnostic, with a fix where the problem is a common one.
-fn convert(file: &SourceFile, err: &serde_saphyr::Error) -> Diagnostic {
+fn convert(file: &SourceFile, text: &str, err: &serde_saphyr::Error) -> Diagnostic {
     let span = err.location().map(|loc| Span {
         line: loc.line(),
         column: loc.column(),
@@ -141,22 +134,361 @@ fn convert(file: &SourceFile, err: &serde_saphyr::Error) -> Diagnostic {
             .byte_offset()
             .and_then(|o| usize::try_from(o).ok()),
     });
-    let raw = err.without_snippet().to_string();
-    let (code, message, help) = classify(&clean_message(&raw));
-    let span = span.map(|mut s| {
-        if s.offset.is_none() {
-            s.offset = file.offset_of(s.line, s.column);
-        }
-        s
+    // Line and column follow from the byte offset when there is one (serde-saphyr's column can
+    // be off after a multi-byte character in a multi-line plain scalar).
+    let span = span.map(|s| match s.offset {
+        Some(o) if o <= text.len() && text.is_char_boundary(o) => span_at(text, o),
+        _ => Span {
+            offset: file.offset_of(s.line, s.column),
+            ..s
+        },
     });
-    Diagnostic {
+    let raw = err.without_snippet().to_string();
+    let (code, message, help) =
+        typed(text, span, innermost(err)).unwrap_or_else(|| classify(&clean_message(&raw)));
+    let mut d = Diagnostic {
         code,
         message,
         span,
         label: None,
         help,
         related: Vec::new(),
+    };
+    relocate(text, &mut d);
+    // `text` may be the file with parts blanked out: same byte offsets, but a blanked multi-byte
+    // character is several spaces, so columns are counted in the file itself.
+    if let Some(o) = d.span.and_then(|s| s.offset) {
+        if file.text.is_char_boundary(o) {
+            d.span = Some(span_at(&file.text, o));
+        }
     }
+    d
+}
+
+/// The error itself, without the wrappers that add snippets or alias locations.
+fn innermost(mut err: &serde_saphyr::Error) -> &serde_saphyr::Error {
+    while let serde_saphyr::Error::WithSnippet { error, .. }
+    | serde_saphyr::Error::AliasError { error, .. } = err
+    {
+        err = error;
+    }
+    err
+}
+
+/// Type mismatches, restated in the runbook's terms (serde-saphyr words them as parser events).
+fn typed(
+    text: &str,
+    span: Option<Span>,
+    err: &serde_saphyr::Error,
+) -> Option<(&'static str, String, Option<String>)> {
+    use serde_saphyr::Error as E;
+    let found = span
+        .and_then(|s| s.offset)
+        .and_then(|o| node_at(text, o))
+        .map(|f| format!(", found {f}"))
+        .unwrap_or_default();
+    let (what, help) = match err {
+        E::Unexpected { expected, .. } => match *expected {
+            "sequence start" => (
+                "a list",
+                Some(
+                    "write a list as `[a, b]` or as one `- item` per line; a single item is still a list: `[a]`",
+                ),
+            ),
+            "mapping start" => ("a mapping", Some("write `key: value` pairs here")),
+            "string scalar" | "scalar" => (
+                "a single value",
+                Some("quote text that contains `[`, `{`, `: ` or ` #`, e.g. `\"a: b\"`"),
+            ),
+            _ => return None,
+        },
+        E::InvalidScalar { ty, .. } => match *ty {
+            "boolean" => ("`true` or `false`", None),
+            "floating point" | "f32" | "f64" => ("a number", None),
+            t if t.starts_with('u') => ("a whole number (0 or more)", None),
+            t if t.starts_with('i') => ("a whole number", None),
+            _ => return None,
+        },
+        E::InvalidBooleanStrict { .. } => ("`true` or `false`", None),
+        E::Eof { .. }
+            if text
+                .lines()
+                .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) =>
+        {
+            return Some((
+                "empty-file",
+                "the file is empty".to_owned(),
+                Some("a runbook needs at least `runbook: <name>` and a `steps:` list".to_owned()),
+            ));
+        }
+        _ => return None,
+    };
+    Some((
+        "wrong-type",
+        format!("expected {what}{found}"),
+        help.map(str::to_owned),
+    ))
+}
+
+/// How the YAML node starting at `offset` looks, e.g. "a list" or "`three`".
+fn node_at(text: &str, offset: usize) -> Option<String> {
+    for ev in Parser::new_from_str(text) {
+        let Ok((event, span)) = ev else { return None };
+        let start = byte_of(text, span.start);
+        if start < offset {
+            continue;
+        }
+        if start > offset {
+            return None;
+        }
+        match event {
+            Event::Scalar(v, ..) => {
+                let v: String = v.chars().take(40).collect();
+                return Some(format!("`{v}`"));
+            }
+            Event::SequenceStart(..) => return Some("a list".to_owned()),
+            Event::MappingStart(..) => return Some("a mapping".to_owned()),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Move a diagnostic to where the mistake is when the parser noticed it somewhere else.
+fn relocate(text: &str, d: &mut Diagnostic) {
+    let Some(at) = d.span.and_then(|s| s.offset) else {
+        return;
+    };
+    match d.code {
+        // serde notices a missing key at the end of the mapping: point at the mapping instead.
+        "missing-key" => {
+            if let Some(start) = enclosing_mapping(text, at) {
+                d.span = Some(span_at(text, start));
+                if let Some(key) = between(&d.message, "`", "`") {
+                    d.label = Some(format!("this mapping has no `{key}`"));
+                }
+            }
+        }
+        "yaml-syntax" if d.message.contains("tab") => {
+            if let Some(tab) = indentation_tab(text, at) {
+                d.span = Some(span_at(text, tab));
+                d.message = "tab character in indentation".to_owned();
+                d.help =
+                    Some("YAML indents with spaces only; replace the tab with spaces".to_owned());
+            }
+        }
+        "yaml-syntax" => {
+            let at_opener = d
+                .message
+                .strip_prefix("unclosed bracket '")
+                .and_then(|rest| rest.chars().next())
+                .map(|c| (at, c));
+            if let Some((open, c)) = at_opener.or_else(|| unclosed_flow(text, at)) {
+                let (close, alternative) = if c == '[' {
+                    (']', "write the list as one `- item` per line")
+                } else {
+                    ('}', "write the mapping as `key: value` lines")
+                };
+                d.span = Some(span_at(text, open));
+                d.message = format!("unclosed `{c}`");
+                d.label = Some("opened here, never closed".to_owned());
+                d.help = Some(format!("close it with `{close}`, or {alternative}"));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Byte offset of the first key of the innermost mapping that contains `at`.
+fn enclosing_mapping(text: &str, at: usize) -> Option<usize> {
+    let mut stack: Vec<Option<usize>> = Vec::new();
+    for ev in Parser::new_from_str(text) {
+        let Ok((event, span)) = ev else { break };
+        let start = byte_of(text, span.start);
+        if start >= at {
+            break;
+        }
+        match event {
+            Event::MappingStart(..) => stack.push(Some(start)),
+            Event::SequenceStart(..) => stack.push(None),
+            Event::MappingEnd | Event::SequenceEnd => {
+                stack.pop();
+            }
+            _ => {}
+        }
+    }
+    stack.into_iter().rev().flatten().next()
+}
+
+/// The first tab in the indentation of the line of `at` or of one of the next two lines.
+fn indentation_tab(text: &str, at: usize) -> Option<usize> {
+    let line_start = text[..at.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let mut offset = line_start;
+    for line in text[line_start..].split_inclusive('\n').take(3) {
+        let indent = line.len() - line.trim_start_matches([' ', '\t']).len();
+        if let Some(i) = line[..indent].find('\t') {
+            return Some(offset + i);
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// When the parser failed inside a `[…]` or `{…}` opened on an earlier line, where it was opened.
+fn unclosed_flow(text: &str, at: usize) -> Option<(usize, char)> {
+    let mut stack: Vec<(StructureStyle, usize)> = Vec::new();
+    for ev in Parser::new_from_str(text) {
+        match ev {
+            Ok((Event::SequenceStart(style, ..) | Event::MappingStart(style, ..), span)) => {
+                stack.push((style, byte_of(text, span.start)));
+            }
+            Ok((Event::SequenceEnd | Event::MappingEnd, _)) => {
+                stack.pop();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let failed = byte_of(text, *e.marker()).min(at);
+                let line_of = |o: usize| text[..o.min(text.len())].matches('\n').count();
+                return stack
+                    .iter()
+                    .rev()
+                    .take_while(|(style, _)| *style == StructureStyle::Flow)
+                    .filter_map(|&(_, o)| Some((o, text[o..].chars().next()?)))
+                    .find(|&(_, c)| c == '[' || c == '{')
+                    .filter(|&(o, _)| line_of(o) < line_of(failed));
+            }
+        }
+    }
+    None
+}
+
+/// Byte offset of a parser marker in `text`.
+fn byte_of(text: &str, m: granit_parser::Marker) -> usize {
+    m.byte_offset().unwrap_or_else(|| {
+        text.char_indices()
+            .nth(m.index())
+            .map_or(text.len(), |(b, _)| b)
+    })
+}
+
+/// The position of a byte offset.
+fn span_at(text: &str, offset: usize) -> Span {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    Span {
+        line: before.matches('\n').count() as u64 + 1,
+        column: before[line_start..].chars().count() as u64 + 1,
+        offset: Some(offset),
+    }
+}
+
+/// Where the key is written whose value starts at `value_offset` (e.g. `http:` for the mapping
+/// under it), so a diagnostic about a whole value can point at its name.
+pub(crate) fn key_of_value(text: &str, value_offset: usize) -> Option<Span> {
+    // Per open collection: `Some((expecting a key, last key))` for mappings, `None` for lists.
+    let mut stack: Vec<Option<(bool, Option<usize>)>> = Vec::new();
+    for ev in Parser::new_from_str(text) {
+        let Ok((event, span)) = ev else { return None };
+        let start = byte_of(text, span.start);
+        let is_node = matches!(
+            event,
+            Event::Scalar(..)
+                | Event::SequenceStart(..)
+                | Event::MappingStart(..)
+                | Event::Alias(..)
+        );
+        if is_node && let Some(Some((expect_key, last_key))) = stack.last_mut() {
+            if *expect_key {
+                *last_key = Some(start);
+            } else if start == value_offset {
+                return last_key.map(|k| span_at(text, k));
+            }
+            *expect_key = !*expect_key;
+        }
+        match event {
+            Event::MappingStart(..) => stack.push(Some((true, None))),
+            Event::SequenceStart(..) => stack.push(None),
+            Event::MappingEnd | Event::SequenceEnd => {
+                stack.pop();
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Where the value of `key` is written in the mapping that starts at `mapping_offset`.
+pub(crate) fn value_in_mapping(text: &str, mapping_offset: usize, key: &str) -> Option<Span> {
+    // Depth below the mapping (0: not inside it yet), and whether a key of it comes next.
+    let mut depth = 0usize;
+    let mut expect_key = true;
+    let mut found_key = false;
+    for ev in Parser::new_from_str(text) {
+        let Ok((event, span)) = ev else { return None };
+        let start = byte_of(text, span.start);
+        if depth == 0 {
+            if matches!(event, Event::MappingStart(..)) && start == mapping_offset {
+                depth = 1;
+            }
+            continue;
+        }
+        let is_node = matches!(
+            event,
+            Event::Scalar(..)
+                | Event::SequenceStart(..)
+                | Event::MappingStart(..)
+                | Event::Alias(..)
+        );
+        if depth == 1 && is_node {
+            if found_key {
+                return Some(span_at(text, start));
+            }
+            if expect_key {
+                found_key = matches!(&event, Event::Scalar(k, ..) if k == key);
+            }
+            expect_key = !expect_key;
+        }
+        match event {
+            Event::MappingStart(..) | Event::SequenceStart(..) => depth += 1,
+            Event::MappingEnd | Event::SequenceEnd => {
+                depth -= 1;
+                if depth == 0 {
+                    return None;
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Where `key` is written in the document's top-level mapping.
+pub(crate) fn top_level_key(text: &str, key: &str) -> Option<Span> {
+    let mut depth = 0usize;
+    let mut expect_key = true;
+    for ev in Parser::new_from_str(text) {
+        let Ok((event, span)) = ev else { return None };
+        let is_node = matches!(
+            event,
+            Event::Scalar(..)
+                | Event::SequenceStart(..)
+                | Event::MappingStart(..)
+                | Event::Alias(..)
+        );
+        if depth == 1 && is_node {
+            if expect_key && matches!(&event, Event::Scalar(k, ..) if k == key) {
+                return Some(span_at(text, byte_of(text, span.start)));
+            }
+            expect_key = !expect_key;
+        }
+        match event {
+            Event::MappingStart(..) | Event::SequenceStart(..) => depth += 1,
+            Event::MappingEnd | Event::SequenceEnd => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The message without the location suffix serde-saphyr appends (we show our own).
@@ -175,7 +507,9 @@ fn clean_message(raw: &str) -> String {
 
 /// The candidates serde lists after "expected one of" / "expected".
 fn expected_list(message: &str) -> Vec<&str> {
-    let Some(rest) = message.split("expected").nth(1) else { return Vec::new() };
+    let Some(rest) = message.split("expected").nth(1) else {
+        return Vec::new();
+    };
     let rest = rest.trim_start().trim_start_matches("one of").trim();
     rest.split(',')
         .map(|w| w.trim().trim_matches('`').trim())
@@ -195,7 +529,11 @@ fn classify(message: &str) -> (&'static str, String, Option<String>) {
         return ("unknown-key", format!("unknown key `{field}`"), Some(help));
     }
     if let Some(field) = between(message, "missing field `", "`") {
-        return ("missing-key", format!("missing required key `{field}`"), Some(format!("add `{field}:`")));
+        return (
+            "missing-key",
+            format!("missing required key `{field}`"),
+            Some(format!("add `{field}:`")),
+        );
     }
     if let Some(variant) = between(message, "unknown variant `", "`") {
         let expected = expected_list(message);
@@ -203,15 +541,31 @@ fn classify(message: &str) -> (&'static str, String, Option<String>) {
             Some(s) => format!("did you mean `{s}`?"),
             None => format!("use one of: {}", expected.join(", ")),
         };
-        return ("unknown-value", format!("unknown value `{variant}`"), Some(help));
+        return (
+            "unknown-value",
+            format!("unknown value `{variant}`"),
+            Some(help),
+        );
     }
     if message.contains("invalid type") {
         return ("wrong-type", message.to_owned(), None);
     }
     if message.contains("duplicate") {
-        return ("duplicate-key", message.to_owned(), Some("each key may appear once in a mapping".to_owned()));
+        return (
+            "duplicate-key",
+            message.to_owned(),
+            Some("each key may appear once in a mapping".to_owned()),
+        );
     }
-    ("yaml-syntax", message.to_owned(), None)
+    let help = [
+        "did not find expected '-' indicator",
+        "did not find expected key",
+        "mapping values are not allowed in this context",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+    .then(|| "check the indentation of this line: the keys of one mapping start in the same column, and list items start with `- `".to_owned());
+    ("yaml-syntax", message.to_owned(), help)
 }
 
 fn between<'a>(s: &'a str, open: &str, close: &str) -> Option<&'a str> {

@@ -44,9 +44,8 @@ const TEXT_TEMPLATE: &str = "text";
 /// Quote a string for a POSIX shell; plain words stay as they are for readability.
 pub fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(&b)
-        });
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(&b));
     if plain {
         s.to_owned()
     } else {
@@ -68,6 +67,12 @@ pub fn environment() -> &'static Environment<'static> {
             }
         });
         env.set_formatter(|out, state, value| {
+            // Shells and YAML-minded tools expect `true`/`false`, not Python's `True`/`False`.
+            if value.kind() == minijinja::value::ValueKind::Bool {
+                return out
+                    .write_str(if value.is_true() { "true" } else { "false" })
+                    .map_err(minijinja::Error::from);
+            }
             if matches!(state.auto_escape(), AutoEscape::Custom(_)) {
                 if value.is_safe() || value.downcast_object_ref::<Placeholder>().is_some() {
                     write!(out, "{value}").map_err(minijinja::Error::from)?;
@@ -204,7 +209,10 @@ impl Placeholder {
 
 impl Object for Placeholder {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        Some(Placeholder::value(format!("{}.{key}", self.path), self.secret))
+        Some(Placeholder::value(
+            format!("{}.{key}", self.path),
+            self.secret,
+        ))
     }
 
     fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -230,13 +238,16 @@ mod tests {
 
     #[test]
     fn run_templates_quote_values_and_safe_opts_out() {
-        let r = Renderer::new(minijinja::context! { params => minijinja::context! { x => "a b; rm -rf /" } });
+        let r = Renderer::new(
+            minijinja::context! { params => minijinja::context! { x => "a b; rm -rf /" } },
+        );
         assert_eq!(
             r.render("echo {{ params.x }}", Escape::Shell).unwrap(),
             "echo 'a b; rm -rf /'"
         );
         assert_eq!(
-            r.render("echo {{ params.x | safe }}", Escape::Shell).unwrap(),
+            r.render("echo {{ params.x | safe }}", Escape::Shell)
+                .unwrap(),
             "echo a b; rm -rf /"
         );
         assert_eq!(
@@ -253,9 +264,15 @@ mod tests {
 
     #[test]
     fn placeholders_render_their_path() {
-        let r = Renderer::new(minijinja::context! { steps => Placeholder::value("steps", false), secrets => Placeholder::value("secrets", true) });
+        let r = Renderer::new(
+            minijinja::context! { steps => Placeholder::value("steps", false), secrets => Placeholder::value("secrets", true) },
+        );
         assert_eq!(
-            r.render("kubectl scale --replicas={{ steps.stop.result.previous }} {{ secrets.token }}", Escape::Shell).unwrap(),
+            r.render(
+                "kubectl scale --replicas={{ steps.stop.result.previous }} {{ secrets.token }}",
+                Escape::Shell
+            )
+            .unwrap(),
             "kubectl scale --replicas=⟨steps.stop.result.previous⟩ ***"
         );
     }
@@ -264,6 +281,10 @@ mod tests {
     fn references_are_dotted_paths() {
         let refs = template_references("x {{ params.a }} {{ steps.s.result.b }}").unwrap();
         assert!(refs.paths.contains("params.a"), "{:?}", refs.paths);
-        assert!(refs.paths.iter().any(|p| p.starts_with("steps.s")), "{:?}", refs.paths);
+        assert!(
+            refs.paths.iter().any(|p| p.starts_with("steps.s")),
+            "{:?}",
+            refs.paths
+        );
     }
 }

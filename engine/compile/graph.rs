@@ -34,7 +34,10 @@ pub(super) fn build(
                 unresolved = true;
                 let mut d = Diagnostic::new(
                     "unknown-step",
-                    format!("step `{}` needs `{}`, which is not a step", step.id.value, need.value),
+                    format!(
+                        "step `{}` needs `{}`, which is not a step",
+                        step.id.value, need.value
+                    ),
                     need.span,
                 );
                 d = match super::suggest_step(&need.value, index_by_id) {
@@ -46,8 +49,15 @@ pub(super) fn build(
             };
             if !seen.insert(target) {
                 diags.push(
-                    Diagnostic::new("duplicate-need", format!("step `{}` lists `{}` twice in `needs`", step.id.value, need.value), need.span)
-                        .with_help("remove the repetition"),
+                    Diagnostic::new(
+                        "duplicate-need",
+                        format!(
+                            "step `{}` lists `{}` twice in `needs`",
+                            step.id.value, need.value
+                        ),
+                        need.span,
+                    )
+                    .with_help("remove the repetition"),
                 );
                 continue;
             }
@@ -77,12 +87,20 @@ pub(super) fn build(
 
 /// A topological order that keeps file order among independent steps, or `None` (with a
 /// diagnostic per cycle, naming its path) when there is a cycle.
-pub(super) fn order(g: &DiGraph<usize, ()>, steps: &[&Step], diags: &mut Vec<Diagnostic>) -> Option<Vec<usize>> {
+pub(super) fn order(
+    g: &DiGraph<usize, ()>,
+    steps: &[&Step],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Vec<usize>> {
     let n = g.node_count();
     let mut indegree: Vec<usize> = (0..n)
-        .map(|i| g.neighbors_directed(NodeIndex::new(i), Direction::Incoming).count())
+        .map(|i| {
+            g.neighbors_directed(NodeIndex::new(i), Direction::Incoming)
+                .count()
+        })
         .collect();
-    let mut ready: BinaryHeap<Reverse<usize>> = (0..n).filter(|&i| indegree[i] == 0).map(Reverse).collect();
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        (0..n).filter(|&i| indegree[i] == 0).map(Reverse).collect();
     let mut out = Vec::with_capacity(n);
     while let Some(Reverse(i)) = ready.pop() {
         out.push(g[NodeIndex::new(i)]);
@@ -111,16 +129,20 @@ fn report_cycles(g: &DiGraph<usize, ()>, steps: &[&Step], diags: &mut Vec<Diagno
         let start = *scc.iter().min_by_key(|n| n.index()).unwrap_or(&scc[0]);
         // Walk `needs` (incoming edges) from `start` back to itself: the shortest cycle.
         let path = shortest_cycle(g, start, &members);
-        let names: Vec<&str> = path.iter().map(|n| steps[n.index()].id.value.as_str()).collect();
+        let names: Vec<&str> = path
+            .iter()
+            .map(|n| steps[n.index()].id.value.as_str())
+            .collect();
         let mut cycle_text = names.join(" → ");
         cycle_text.push_str(" → ");
         cycle_text.push_str(names[0]);
         let need_span = |from: NodeIndex, to: NodeIndex| {
-            let to_id = &steps[to.index()].id.value;
+            // `needs` may write an id's `-` as `_`.
+            let to_key = super::template_key(&steps[to.index()].id.value);
             steps[from.index()]
                 .needs
                 .iter()
-                .find(|n| &n.value == to_id)
+                .find(|n| super::template_key(&n.value) == to_key)
                 .map_or(steps[from.index()].id.span, |n| n.span)
         };
         let next = |k: usize| path[(k + 1) % path.len()];
@@ -142,7 +164,11 @@ fn report_cycles(g: &DiGraph<usize, ()>, steps: &[&Step], diags: &mut Vec<Diagno
 }
 
 /// The shortest cycle through `start` inside an SCC, following `needs` (edges backwards).
-fn shortest_cycle(g: &DiGraph<usize, ()>, start: NodeIndex, members: &HashSet<NodeIndex>) -> Vec<NodeIndex> {
+fn shortest_cycle(
+    g: &DiGraph<usize, ()>,
+    start: NodeIndex,
+    members: &HashSet<NodeIndex>,
+) -> Vec<NodeIndex> {
     let mut prev: HashMap<NodeIndex, NodeIndex> = HashMap::new();
     let mut queue = VecDeque::new();
     for n in g.neighbors_directed(start, Direction::Incoming) {

@@ -17,15 +17,13 @@ use sha2::{Digest, Sha256};
 use crate::diagnostic::{Diagnostic, SourceFile, did_you_mean};
 use crate::duration::{self, DURATION_HELP};
 use crate::kinds::{self, Action};
-use crate::model::{
-    Backoff, Check, DurationText, ParamType, Retry, Runbook, Spanned, Step,
-};
+use crate::model::{Backoff, Check, DurationText, ParamType, Retry, Runbook, Span, Spanned, Step};
 
 pub use params::{ParamValues, parse_assignment as resolve_params_assignment, resolve_params};
 pub use refs::template_key;
 
 /// Default per-step timeout.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_mins(10);
 /// Default timeout of one check evaluation.
 pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default pause between polls of a gate.
@@ -60,7 +58,7 @@ impl Default for RetryPolicy {
             attempts: 1,
             delay: Duration::from_secs(1),
             backoff: Backoff::Exponential,
-            max_delay: Duration::from_secs(60),
+            max_delay: Duration::from_mins(1),
             jitter: true,
             on_exit_codes: Vec::new(),
             on_http_statuses: Vec::new(),
@@ -133,6 +131,8 @@ pub struct CompiledStep {
     pub verify: Vec<CheckTiming>,
     /// Fixed duration of a `sleep` action.
     pub sleep: Option<Duration>,
+    /// Whether the step has an action (a pure gate has none).
+    pub has_action: bool,
 }
 
 impl CompiledStep {
@@ -142,6 +142,7 @@ impl CompiledStep {
         let gates: Duration = self.verify.iter().map(CheckTiming::worst_case).sum();
         let action = match self.sleep {
             Some(d) => d,
+            None if !self.has_action => Duration::ZERO,
             None => self.timeout.saturating_mul(self.retry.attempts) + self.retry.total_delay(),
         };
         guards + action + gates
@@ -221,8 +222,11 @@ pub fn compile_path(path: &Path) -> Result<Compiled, (SourceFile, Vec<Diagnostic
         Ok(t) => t,
         Err(e) => {
             let file = SourceFile::new(name, "");
-            let d = Diagnostic::global("unreadable", format!("failed to read {}: {e}", path.display()))
-                .with_help("check the path and its permissions");
+            let d = Diagnostic::global(
+                "unreadable",
+                format!("failed to read {}: {e}", path.display()),
+            )
+            .with_help("check the path and its permissions");
             return Err((file, vec![d]));
         }
     };
@@ -239,7 +243,8 @@ pub fn compile(file: SourceFile, path: &Path) -> Result<Compiled, Vec<Diagnostic
     let mut diags = Vec::new();
     let hash = hex(&Sha256::digest(file.text.as_bytes()));
 
-    check_header(&runbook, &mut diags);
+    let text = &*file.text;
+    check_header(&runbook, text, &mut diags);
     let mut index_by_id: HashMap<String, usize> = HashMap::new();
     let main_count = runbook.steps.len();
     let all: Vec<&Step> = runbook.steps.iter().chain(runbook.finally.iter()).collect();
@@ -249,18 +254,33 @@ pub fn compile(file: SourceFile, path: &Path) -> Result<Compiled, Vec<Diagnostic
 
     let (graph, main_needs, unresolved) =
         graph::build(&all[..main_count], 0, &index_by_id, &mut diags, false);
-    let (finally_graph, finally_needs, unresolved_finally) =
-        graph::build(&all[main_count..], main_count, &index_by_id, &mut diags, true);
+    let (finally_graph, finally_needs, unresolved_finally) = graph::build(
+        &all[main_count..],
+        main_count,
+        &index_by_id,
+        &mut diags,
+        true,
+    );
     let unresolved = unresolved || unresolved_finally;
     let order = graph::order(&graph, &all[..main_count], &mut diags);
     let finally_order = graph::order(&finally_graph, &all[main_count..], &mut diags);
 
-    let defaults = Defaults::resolve(&runbook, &mut diags);
+    let defaults = Defaults::resolve(&runbook, text, &mut diags);
     let mut steps = Vec::with_capacity(all.len());
     for (i, step) in all.iter().enumerate() {
-        steps.push(compile_step(i, step, i >= main_count, &defaults, &mut diags));
+        steps.push(compile_step(
+            i,
+            step,
+            i >= main_count,
+            &defaults,
+            text,
+            &mut diags,
+        ));
     }
-    for (step, needs) in steps.iter_mut().zip(main_needs.into_iter().chain(finally_needs)) {
+    for (step, needs) in steps
+        .iter_mut()
+        .zip(main_needs.into_iter().chain(finally_needs))
+    {
         step.needs = needs;
     }
 
@@ -293,9 +313,11 @@ pub fn compile(file: SourceFile, path: &Path) -> Result<Compiled, Vec<Diagnostic
         index_by_id,
     };
 
-    // Reference checks need the graph; skip them when the graph itself is broken.
-    if !unresolved && diags.iter().all(|d| d.code != "cycle") {
-        refs::check(&compiled, &mut diags);
+    // Whether a step is upstream of another needs the whole graph: with unknown `needs` or a
+    // cycle, templates are still checked, but not for reading steps that may not have run.
+    let graph_ok = !unresolved && diags.iter().all(|d| d.code != "cycle");
+    refs::check(&compiled, graph_ok, &mut diags);
+    if graph_ok {
         check_irreversible(&compiled, &mut diags);
     }
     if diags.is_empty() {
@@ -309,10 +331,12 @@ pub fn compile(file: SourceFile, path: &Path) -> Result<Compiled, Vec<Diagnostic
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Parse a spanned duration, reporting a diagnostic when it is malformed.
@@ -344,11 +368,11 @@ struct Defaults {
 }
 
 impl Defaults {
-    fn resolve(rb: &Runbook, diags: &mut Vec<Diagnostic>) -> Self {
-        let timeout =
-            duration_of(rb.defaults.timeout.as_ref(), "default timeout", diags).unwrap_or(DEFAULT_TIMEOUT);
+    fn resolve(rb: &Runbook, text: &str, diags: &mut Vec<Diagnostic>) -> Self {
+        let timeout = duration_of(rb.defaults.timeout.as_ref(), "default timeout", diags)
+            .unwrap_or(DEFAULT_TIMEOUT);
         let retry = match &rb.defaults.retry {
-            Some(r) => retry_policy(r, &RetryPolicy::default(), diags),
+            Some(r) => retry_policy(r, &RetryPolicy::default(), text, diags),
             None => RetryPolicy::default(),
         };
         let max_parallel = match &rb.max_parallel {
@@ -373,13 +397,22 @@ impl Defaults {
     }
 }
 
-fn retry_policy(r: &Spanned<Retry>, base: &RetryPolicy, diags: &mut Vec<Diagnostic>) -> RetryPolicy {
+fn retry_policy(
+    r: &Spanned<Retry>,
+    base: &RetryPolicy,
+    text: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> RetryPolicy {
     let mut p = base.clone();
     if let Some(a) = r.attempts {
         if a == 0 {
             diags.push(
-                Diagnostic::new("bad-value", "`retry.attempts` must be at least 1", r.span)
-                    .with_help("attempts counts the first try: 1 means no retry"),
+                Diagnostic::new(
+                    "bad-value",
+                    "`retry.attempts` must be at least 1",
+                    value_span(text, r.span, "attempts"),
+                )
+                .with_help("attempts counts the first try: 1 means no retry"),
             );
         }
         p.attempts = a.max(1);
@@ -404,7 +437,7 @@ fn retry_policy(r: &Spanned<Retry>, base: &RetryPolicy, diags: &mut Vec<Diagnost
     p
 }
 
-fn check_header(rb: &Runbook, diags: &mut Vec<Diagnostic>) {
+fn check_header(rb: &Runbook, text: &str, diags: &mut Vec<Diagnostic>) {
     if rb.runbook.value.trim().is_empty() {
         diags.push(
             Diagnostic::new("bad-value", "the runbook name is empty", rb.runbook.span)
@@ -429,20 +462,27 @@ fn check_header(rb: &Runbook, diags: &mut Vec<Diagnostic>) {
     for (name, s) in &rb.secrets {
         if !is_identifier(name) {
             diags.push(
-                Diagnostic::new("bad-name", format!("secret name `{name}` is not an identifier"), s.span)
-                    .with_help("use letters, digits and `_`, starting with a letter"),
+                Diagnostic::new(
+                    "bad-name",
+                    format!("secret name `{name}` is not an identifier"),
+                    s.span,
+                )
+                .with_help("use letters, digits and `_`, starting with a letter"),
             );
         }
     }
+    let preflight = crate::parse::top_level_key(text, "preflight").unwrap_or(rb.runbook.span);
     for check in &rb.preflight {
-        check_check(check, diags);
+        check_check(check, (preflight, "in this `preflight`"), text, diags);
     }
 }
 
 /// Whether `s` can be written after a dot in a template.
 pub fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -455,12 +495,23 @@ fn check_id(
 ) {
     let id = &step.id;
     let valid = !id.value.is_empty()
-        && id.value.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && id.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && id
+            .value
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic())
+        && id
+            .value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !valid {
         diags.push(
-            Diagnostic::new("bad-id", format!("step id `{}` is not valid", id.value), id.span)
-                .with_help("start with a letter; use letters, digits, `-` and `_`"),
+            Diagnostic::new(
+                "bad-id",
+                format!("step id `{}` is not valid", id.value),
+                id.span,
+            )
+            .with_help("start with a letter; use letters, digits, `-` and `_`"),
         );
         return;
     }
@@ -493,6 +544,7 @@ fn compile_step(
     step: &Step,
     is_finally: bool,
     defaults: &Defaults,
+    text: &str,
     diags: &mut Vec<Diagnostic>,
 ) -> CompiledStep {
     let actions = kinds::step_actions(step);
@@ -501,11 +553,16 @@ fn compile_step(
         diags.push(
             Diagnostic::new(
                 "two-actions",
-                format!("step `{}` has {} actions ({}); a step has at most one", step.id.value, actions.len(), names.join(", ")),
-                actions[1].span(),
+                format!(
+                    "step `{}` has {} actions ({}); a step has at most one",
+                    step.id.value,
+                    actions.len(),
+                    names.join(", ")
+                ),
+                action_span(text, &actions[1]),
             )
             .with_label("second action")
-            .with_related(actions[0].span(), "first action")
+            .with_related(action_span(text, &actions[0]), "first action")
             .with_help("split it into two steps, the second with `needs: [<first>]`"),
         );
     }
@@ -516,17 +573,25 @@ fn compile_step(
         );
     }
     if let Some(Action::K8s(k)) = actions.first() {
-        check_k8s_ops(k, diags);
+        check_k8s_ops(k, text, diags);
     }
     for c in step.require.iter().chain(step.verify.iter()) {
-        check_check(c, diags);
+        check_check(c, (step.id.span, "in this step"), text, diags);
     }
     if let Some(c) = &step.compensate {
         let acts = kinds::compensation_actions(&c.value);
         if acts.len() != 1 {
             diags.push(
-                Diagnostic::new("bad-compensation", format!("`compensate` of step `{}` must have exactly one action, it has {}", step.id.value, acts.len()), c.span)
-                    .with_help("write one of: run, http, k8s, sql"),
+                Diagnostic::new(
+                    "bad-compensation",
+                    format!(
+                        "`compensate` of step `{}` must have exactly one action, it has {}",
+                        step.id.value,
+                        acts.len()
+                    ),
+                    c.span,
+                )
+                .with_help("write one of: run, http, k8s, sql"),
             );
         }
         let _ = duration_of(c.value.timeout.as_ref(), "compensation timeout", diags);
@@ -534,26 +599,30 @@ fn compile_step(
 
     let timeout = duration_of(step.timeout.as_ref(), "timeout", diags).unwrap_or(defaults.timeout);
     let mut retry = match &step.retry {
-        Some(r) => retry_policy(r, &defaults.retry, diags),
+        Some(r) => retry_policy(r, &defaults.retry, text, diags),
         None => defaults.retry.clone(),
     };
     let irreversible = step.irreversible.as_ref().is_some_and(|b| b.value);
     if irreversible {
-        if let (Some(r), Some(irr)) = (&step.retry, &step.irreversible) {
-            if r.attempts.is_some_and(|a| a > 1) {
-                diags.push(
-                    Diagnostic::new("irreversible-retry", format!("step `{}` is irreversible but asks for retries", step.id.value), r.span)
+        if let (Some(r), Some(irr)) = (&step.retry, &step.irreversible)
+            && r.attempts.is_some_and(|a| a > 1)
+        {
+            diags.push(
+                    Diagnostic::new("irreversible-retry", format!("step `{}` is irreversible but asks for retries", step.id.value), value_span(text, r.span, "attempts"))
                         .with_related(irr.span, "marked irreversible here")
                         .with_help("an irreversible step is never retried automatically; remove `retry` (resume can re-run it on an explicit decision)"),
                 );
-            }
         }
         retry.attempts = 1;
     }
     let kind_mutates = actions.first().is_some_and(|a| a.kind().mutates());
     let kind_idempotent = actions.first().is_none_or(|a| a.kind().idempotent());
     let mutates = step.mutates.unwrap_or(kind_mutates) || irreversible;
-    let idempotent = !irreversible && step.idempotent.unwrap_or(kind_idempotent && !(step.mutates == Some(true) && step.idempotent.is_none() && step.run.is_some()));
+    let idempotent = !irreversible
+        && step.idempotent.unwrap_or(
+            kind_idempotent
+                && !(step.mutates == Some(true) && step.idempotent.is_none() && step.run.is_some()),
+        );
     let sleep = match actions.first() {
         Some(Action::Sleep(s)) => duration_of(Some(s.duration), "sleep duration", diags),
         _ => None,
@@ -561,7 +630,8 @@ fn compile_step(
     let timing = |c: &Check, diags: &mut Vec<Diagnostic>| CheckTiming {
         within: duration_of(c.within.as_ref(), "within", diags),
         interval: duration_of(c.interval.as_ref(), "interval", diags).unwrap_or(DEFAULT_INTERVAL),
-        timeout: duration_of(c.timeout.as_ref(), "check timeout", diags).unwrap_or(DEFAULT_CHECK_TIMEOUT),
+        timeout: duration_of(c.timeout.as_ref(), "check timeout", diags)
+            .unwrap_or(DEFAULT_CHECK_TIMEOUT),
     };
     let require = step.require.iter().map(|c| timing(c, diags)).collect();
     let verify = step.verify.iter().map(|c| timing(c, diags)).collect();
@@ -578,10 +648,13 @@ fn compile_step(
         require,
         verify,
         sleep,
+        has_action: !actions.is_empty(),
     }
 }
 
-fn check_check(c: &Check, diags: &mut Vec<Diagnostic>) {
+/// Check one check. `fallback` is where to point, and what to say there, when the check itself
+/// has no field with a position (e.g. a check with only a `name`).
+fn check_check(c: &Check, fallback: (Span, &str), text: &str, diags: &mut Vec<Diagnostic>) {
     let acts = kinds::check_actions(c);
     let where_ = c
         .run
@@ -593,49 +666,70 @@ fn check_check(c: &Check, diags: &mut Vec<Diagnostic>) {
     if acts.len() > 1 {
         let names: Vec<&str> = acts.iter().map(Action::name).collect();
         diags.push(
-            Diagnostic::new("two-actions", format!("a check has {} kinds ({}); it must have exactly one", acts.len(), names.join(", ")), acts[1].span())
-                .with_related(acts[0].span(), "first kind")
-                .with_help("split it into two checks"),
+            Diagnostic::new(
+                "two-actions",
+                format!(
+                    "a check has {} kinds ({}); it must have exactly one",
+                    acts.len(),
+                    names.join(", ")
+                ),
+                action_span(text, &acts[1]),
+            )
+            .with_label("second kind")
+            .with_related(action_span(text, &acts[0]), "first kind")
+            .with_help("split it into two checks"),
         );
     } else if acts.is_empty() {
-        let d = Diagnostic {
-            code: "no-action",
-            message: "a check has no kind".to_owned(),
-            span: where_,
-            label: None,
-            help: Some("give it one of: run, http, sql, k8s, prometheus, expr".to_owned()),
-            related: Vec::new(),
+        let d = match where_ {
+            Some(at) => Diagnostic::new("no-action", "a check has no kind", at),
+            None => Diagnostic::new("no-action", "a check has no kind", fallback.0)
+                .with_label(fallback.1),
         };
-        diags.push(d);
+        diags.push(d.with_help("give it one of: run, http, sql, k8s, prometheus, expr"));
     }
     if let Some(Action::K8s(k)) = acts.first() {
-        check_k8s_ops(k, diags);
+        check_k8s_ops(k, text, diags);
         if !k.value.is_read() {
             diags.push(
-                Diagnostic::new("mutating-check", "a check must only read, but this `k8s` check changes the cluster", k.span)
-                    .with_help("use `get`, `list` or `rollout_status` in checks; make changes in a step"),
+                Diagnostic::new(
+                    "mutating-check",
+                    "a check must only read, but this `k8s` check changes the cluster",
+                    key_span(text, k.span),
+                )
+                .with_help(
+                    "use `get`, `list` or `rollout_status` in checks; make changes in a step",
+                ),
             );
         }
     }
-    if let Some(Action::Sql(s)) = acts.first() {
-        if s.value.mutates.unwrap_or(false) {
-            diags.push(
-                Diagnostic::new("mutating-check", "a check must only read, but this `sql` check says `mutates: true`", s.span)
-                    .with_help("move the statement to a step"),
-            );
-        }
+    if let Some(Action::Sql(s)) = acts.first()
+        && s.value.mutates.unwrap_or(false)
+    {
+        diags.push(
+            Diagnostic::new(
+                "mutating-check",
+                "a check must only read, but this `sql` check says `mutates: true`",
+                value_span(text, s.span, "mutates"),
+            )
+            .with_help("move the statement to a step"),
+        );
     }
-    if c.interval.is_some() && c.within.is_none() {
-        if let Some(i) = &c.interval {
-            diags.push(
-                Diagnostic::new("interval-without-within", "`interval` has no effect without `within`", i.span)
-                    .with_help("add `within: <duration>` to poll the check until it passes"),
-            );
-        }
+    if c.interval.is_some()
+        && c.within.is_none()
+        && let Some(i) = &c.interval
+    {
+        diags.push(
+            Diagnostic::new(
+                "interval-without-within",
+                "`interval` has no effect without `within`",
+                i.span,
+            )
+            .with_help("add `within: <duration>` to poll the check until it passes"),
+        );
     }
 }
 
-fn check_k8s_ops(k: &Spanned<kinds::k8s::K8sSpec>, diags: &mut Vec<Diagnostic>) {
+fn check_k8s_ops(k: &Spanned<kinds::k8s::K8sSpec>, text: &str, diags: &mut Vec<Diagnostic>) {
     let ops = k.value.operations();
     if ops.len() != 1 {
         diags.push(
@@ -646,7 +740,7 @@ fn check_k8s_ops(k: &Spanned<kinds::k8s::K8sSpec>, diags: &mut Vec<Diagnostic>) 
                 } else {
                     format!("`k8s` names {} operations ({}); it must name exactly one", ops.len(), ops.join(", "))
                 },
-                k.span,
+                key_span(text, k.span),
             )
             .with_help("one of: rollout_undo, scale, set_image, restart, patch, apply, delete, get, list, rollout_status"),
         );
@@ -659,7 +753,9 @@ fn check_irreversible(c: &Compiled, diags: &mut Vec<Diagnostic>) {
     }
     for i in 0..c.main_count {
         let step = c.step(i);
-        let Some(irr) = step.irreversible.as_ref().filter(|b| b.value) else { continue };
+        let Some(irr) = step.irreversible.as_ref().filter(|b| b.value) else {
+            continue;
+        };
         let approved = c.upstream(i).iter().any(|&u| c.step(u).approve.is_some());
         if !approved {
             diags.push(
@@ -679,9 +775,33 @@ fn check_irreversible(c: &Compiled, diags: &mut Vec<Diagnostic>) {
     }
 }
 
+/// Where the key of a value is written (`http:` for the mapping under it), else the value.
+fn key_span(text: &str, value: Span) -> Span {
+    value
+        .offset
+        .and_then(|o| crate::parse::key_of_value(text, o))
+        .unwrap_or(value)
+}
+
+/// Where an action's key is written: `http:` rather than the first key of the mapping under it.
+fn action_span(text: &str, action: &Action<'_>) -> Span {
+    key_span(text, action.span())
+}
+
+/// Where the value of `key` is written in the mapping at `mapping`, else the mapping.
+fn value_span(text: &str, mapping: Span, key: &str) -> Span {
+    mapping
+        .offset
+        .and_then(|o| crate::parse::value_in_mapping(text, o, key))
+        .unwrap_or(mapping)
+}
+
 /// Parameter declarations for plan output, by name.
 pub fn param_types(rb: &Runbook) -> BTreeMap<&str, ParamType> {
-    rb.params.iter().map(|(k, v)| (k.as_str(), v.value.ty.value)).collect()
+    rb.params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.value.ty.value))
+        .collect()
 }
 
 /// Name suggestion for an unknown step id.

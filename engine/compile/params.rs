@@ -15,32 +15,47 @@ pub(super) fn check_declaration(name: &str, p: &Spanned<Param>, diags: &mut Vec<
     let ty = p.value.ty.value;
     match (&p.value.values, ty) {
         (None, ParamType::Enum) => diags.push(
-            Diagnostic::new("enum-without-values", format!("enum param `{name}` lists no `values`"), p.value.ty.span)
-                .with_help("add `values: [a, b, …]`"),
+            Diagnostic::new(
+                "enum-without-values",
+                format!("enum param `{name}` lists no `values`"),
+                p.value.ty.span,
+            )
+            .with_help("add `values: [a, b, …]`"),
         ),
         (Some(v), t) if t != ParamType::Enum => diags.push(
-            Diagnostic::new("values-without-enum", format!("param `{name}` has `values` but is not an enum"), v.span)
-                .with_help("use `type: enum`, or remove `values`"),
+            Diagnostic::new(
+                "values-without-enum",
+                format!("param `{name}` has `values` but is not an enum"),
+                v.span,
+            )
+            .with_help("use `type: enum`, or remove `values`"),
         ),
         (Some(v), _) if v.value.is_empty() => diags.push(
-            Diagnostic::new("enum-without-values", format!("enum param `{name}` has an empty `values` list"), v.span)
-                .with_help("list the allowed values"),
+            Diagnostic::new(
+                "enum-without-values",
+                format!("enum param `{name}` has an empty `values` list"),
+                v.span,
+            )
+            .with_help("list the allowed values"),
         ),
         _ => {}
     }
-    if let Some(default) = &p.value.default {
-        if let Err(why) = coerce_json(&p.value, &default.value) {
-            let mut d = Diagnostic::new(
-                "bad-default",
-                format!("default of param `{name}` is invalid: {why}"),
-                default.span,
-            );
-            d = match suggestion(&p.value, &default.value) {
-                Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                None => d.with_help(type_help(&p.value)),
-            };
-            diags.push(d);
-        }
+    // An enum without values has been reported above; every default would be "not one of: ".
+    let no_values =
+        ty == ParamType::Enum && p.value.values.as_ref().is_none_or(|v| v.value.is_empty());
+    if let Some(default) = p.value.default.as_ref().filter(|_| !no_values)
+        && let Err(why) = coerce_json(&p.value, &default.value)
+    {
+        let mut d = Diagnostic::new(
+            "bad-default",
+            format!("default of param `{name}` is invalid: {why}"),
+            default.span,
+        );
+        d = match suggestion(&p.value, &default.value) {
+            Some(s) => d.with_help(format!("did you mean `{s}`?")),
+            None => d.with_help(type_help(&p.value)),
+        };
+        diags.push(d);
     }
 }
 
@@ -66,13 +81,16 @@ fn type_help(p: &Param) -> String {
 /// Check a YAML/JSON value against a declaration; returns the canonical value.
 fn coerce_json(p: &Param, v: &Value) -> Result<Value, String> {
     match (p.ty.value, v) {
-        (ParamType::String, Value::String(_)) => Ok(v.clone()),
+        (ParamType::String, Value::String(_)) | (ParamType::Bool, Value::Bool(_)) => Ok(v.clone()),
         (ParamType::String, Value::Number(n)) => Ok(Value::String(n.to_string())),
         (ParamType::String, Value::Bool(b)) => Ok(Value::String(b.to_string())),
         (ParamType::Int, Value::Number(n)) if n.is_i64() => Ok(v.clone()),
-        (ParamType::Bool, Value::Bool(_)) => Ok(v.clone()),
         (_, Value::String(s)) => coerce_str(p, s),
-        (ty, other) => Err(format!("expected {}, found {}", type_name(ty), json_kind(other))),
+        (ty, other) => Err(format!(
+            "expected {}, found {}",
+            type_name(ty),
+            json_kind(other)
+        )),
     }
 }
 
@@ -94,7 +112,11 @@ fn coerce_str(p: &Param, s: &str) -> Result<Value, String> {
             .map(|_| Value::String(s.trim().to_owned()))
             .map_err(|e| e.to_string()),
         ParamType::Enum => {
-            let values = p.values.as_ref().map(|v| v.value.as_slice()).unwrap_or_default();
+            let values = p
+                .values
+                .as_ref()
+                .map(|v| v.value.as_slice())
+                .unwrap_or_default();
             if values.iter().any(|v| v == s) {
                 Ok(Value::String(s.to_owned()))
             } else {
@@ -139,7 +161,10 @@ pub fn resolve_params(
     let mut diags = Vec::new();
     let mut out = ParamValues::new();
     let unknown = |name: &str, origin: &str| {
-        let mut d = Diagnostic::global("unknown-param", format!("unknown param `{name}` ({origin})"));
+        let mut d = Diagnostic::global(
+            "unknown-param",
+            format!("unknown param `{name}` ({origin})"),
+        );
         d = match did_you_mean(name, rb.params.keys().map(String::as_str)) {
             Some(s) => d.with_help(format!("did you mean `{s}`?")),
             None if rb.params.is_empty() => d.with_help("this runbook declares no params"),
@@ -160,9 +185,12 @@ pub fn resolve_params(
                 out.insert(name.clone(), v);
             }
             Err(why) => diags.push(
-                Diagnostic::global("bad-param", format!("invalid value for param `{name}` in the params file: {why}"))
-                    .with_related(p.span, "declared here")
-                    .with_help(type_help(&p.value)),
+                Diagnostic::global(
+                    "bad-param",
+                    format!("invalid value for param `{name}` in the params file: {why}"),
+                )
+                .with_related(p.span, "declared here")
+                .with_help(type_help(&p.value)),
             ),
         }
     }
@@ -176,9 +204,12 @@ pub fn resolve_params(
                 out.insert(name.clone(), v);
             }
             Err(why) => diags.push(
-                Diagnostic::global("bad-param", format!("invalid value for param `{name}`: {why}"))
-                    .with_related(p.span, "declared here")
-                    .with_help(type_help(&p.value)),
+                Diagnostic::global(
+                    "bad-param",
+                    format!("invalid value for param `{name}`: {why}"),
+                )
+                .with_related(p.span, "declared here")
+                .with_help(type_help(&p.value)),
             ),
         }
     }
@@ -186,23 +217,32 @@ pub fn resolve_params(
         if out.contains_key(name) {
             continue;
         }
-        match &p.value.default {
-            Some(d) => {
-                if let Ok(v) = coerce_json(&p.value, &d.value) {
-                    out.insert(name.clone(), v);
-                }
+        if let Some(d) = &p.value.default {
+            if let Ok(v) = coerce_json(&p.value, &d.value) {
+                out.insert(name.clone(), v);
             }
-            None => {
-                let what = p.value.description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
-                diags.push(
-                    Diagnostic::global("missing-param", format!("missing required param `{name}`{what}"))
-                        .with_related(p.span, "declared here without a default")
-                        .with_help(format!("pass it with `-p {name}=<value>`")),
-                );
-            }
+        } else {
+            let what = p
+                .value
+                .description
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
+            diags.push(
+                Diagnostic::global(
+                    "missing-param",
+                    format!("missing required param `{name}`{what}"),
+                )
+                .with_related(p.span, "declared here without a default")
+                .with_help(format!("pass it with `-p {name}=<value>`")),
+            );
         }
     }
-    if diags.is_empty() { Ok(out) } else { Err(diags) }
+    if diags.is_empty() {
+        Ok(out)
+    } else {
+        Err(diags)
+    }
 }
 
 /// Parse `k=v` from the command line.

@@ -17,11 +17,24 @@ pub fn template_key(id: &str) -> String {
 
 /// Fields of `steps.<id>` that exist at run time.
 pub const STEP_FIELDS: &[&str] = &[
-    "result", "outputs", "status", "started_at", "finished_at", "duration_ms", "attempts",
+    "result",
+    "outputs",
+    "status",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "attempts",
 ];
 /// Fields of `run`.
 pub const RUN_FIELDS: &[&str] = &[
-    "id", "runbook", "started_at", "status", "user", "host", "lock_token", "dir",
+    "id",
+    "runbook",
+    "started_at",
+    "status",
+    "user",
+    "host",
+    "lock_token",
+    "dir",
 ];
 
 /// Where a template is, which decides what it may read.
@@ -35,11 +48,21 @@ struct Scope {
     own: bool,
     /// Whether `steps` may be read at all.
     steps: bool,
+    /// Whether the DAG is whole (no unknown `needs`, no cycle), so "is upstream" can be decided.
+    graph: bool,
 }
 
-pub(super) fn check(c: &Compiled, diags: &mut Vec<Diagnostic>) {
+/// Check every template and expression. With a broken DAG (`graph` false), whether a step is
+/// upstream of another is not checked; everything else is.
+pub(super) fn check(c: &Compiled, graph: bool, diags: &mut Vec<Diagnostic>) {
     let rb = &c.runbook;
-    let header = Scope { step: None, result: false, own: false, steps: false };
+    let header = Scope {
+        step: None,
+        result: false,
+        own: false,
+        steps: false,
+        graph,
+    };
     if let Some(lock) = &rb.lock {
         template(c, header, "lock", &lock.value, lock.span, diags);
     }
@@ -51,7 +74,13 @@ pub(super) fn check(c: &Compiled, diags: &mut Vec<Diagnostic>) {
     }
     for i in 0..c.steps.len() {
         let step = c.step(i);
-        let s = Scope { step: Some(i), result: false, own: false, steps: true };
+        let s = Scope {
+            step: Some(i),
+            result: false,
+            own: false,
+            steps: true,
+            graph,
+        };
         let with_result = Scope { result: true, ..s };
         if let Some(w) = &step.when {
             expression(c, s, "when", &w.value, w.span, diags);
@@ -65,8 +94,14 @@ pub(super) fn check(c: &Compiled, diags: &mut Vec<Diagnostic>) {
         if let Some(a) = &step.assert {
             expression(c, with_result, "assert", &a.value, a.span, diags);
         }
+        // Gates run after the action: they may read its `result` (and `steps.<self>`).
+        let gate = Scope {
+            result: true,
+            own: true,
+            ..s
+        };
         for check in &step.verify {
-            check_refs(c, s, check, diags);
+            check_refs(c, gate, check, diags);
         }
         if let Some(comp) = &step.compensate {
             let own = Scope { own: true, ..s };
@@ -75,10 +110,29 @@ pub(super) fn check(c: &Compiled, diags: &mut Vec<Diagnostic>) {
             }
         }
         for (name, o) in &step.outputs {
-            expression(c, with_result, &format!("outputs.{name}"), &o.value, o.span, diags);
+            expression(
+                c,
+                with_result,
+                &format!("outputs.{name}"),
+                &o.value,
+                o.span,
+                diags,
+            );
         }
-        if let Some(on_expr) = step.retry.as_ref().and_then(|r| r.value.on.as_ref()).and_then(|o| o.expr.as_ref()) {
-            expression(c, with_result, "retry.on.expr", &on_expr.value, on_expr.span, diags);
+        if let Some(on_expr) = step
+            .retry
+            .as_ref()
+            .and_then(|r| r.value.on.as_ref())
+            .and_then(|o| o.expr.as_ref())
+        {
+            expression(
+                c,
+                with_result,
+                "retry.on.expr",
+                &on_expr.value,
+                on_expr.span,
+                diags,
+            );
         }
     }
 }
@@ -91,7 +145,17 @@ fn check_refs(c: &Compiled, scope: Scope, check: &Check, diags: &mut Vec<Diagnos
         }
     }
     if let Some(a) = &check.assert {
-        expression(c, Scope { result: true, ..scope }, "assert", &a.value, a.span, diags);
+        expression(
+            c,
+            Scope {
+                result: true,
+                ..scope
+            },
+            "assert",
+            &a.value,
+            a.span,
+            diags,
+        );
     }
 }
 
@@ -101,11 +165,19 @@ fn fields(c: &Compiled, scope: Scope, fields: &[TemplateField<'_>], diags: &mut 
     }
 }
 
-fn template(c: &Compiled, scope: Scope, field: &str, text: &str, span: Span, diags: &mut Vec<Diagnostic>) {
+fn template(
+    c: &Compiled,
+    scope: Scope,
+    field: &str,
+    text: &str,
+    span: Span,
+    diags: &mut Vec<Diagnostic>,
+) {
     match template_references(text) {
         Ok(refs) => {
             for path in refs.paths {
-                if let Some(d) = check_path(c, scope, field, &path, span) {
+                let at = path_span(&c.file, text, span, &path);
+                if let Some(d) = check_path(c, scope, field, &path, at) {
                     diags.push(d);
                 }
             }
@@ -114,11 +186,19 @@ fn template(c: &Compiled, scope: Scope, field: &str, text: &str, span: Span, dia
     }
 }
 
-fn expression(c: &Compiled, scope: Scope, field: &str, text: &str, span: Span, diags: &mut Vec<Diagnostic>) {
+fn expression(
+    c: &Compiled,
+    scope: Scope,
+    field: &str,
+    text: &str,
+    span: Span,
+    diags: &mut Vec<Diagnostic>,
+) {
     match expression_references(text) {
         Ok(refs) => {
             for path in refs.paths {
-                if let Some(d) = check_path(c, scope, field, &path, span) {
+                let at = path_span(&c.file, text, span, &path);
+                if let Some(d) = check_path(c, scope, field, &path, at) {
                     diags.push(d);
                 }
             }
@@ -127,24 +207,56 @@ fn expression(c: &Compiled, scope: Scope, field: &str, text: &str, span: Span, d
     }
 }
 
+/// Byte offset in the file of the first character of `text`, when the scalar at `span` is
+/// written verbatim (plain, or quoted without escapes, on one line).
+fn verbatim_start(file: &SourceFile, text: &str, span: Span) -> Option<usize> {
+    let off = span.offset?;
+    let src = file.text.get(off..)?;
+    if src.starts_with(text) {
+        Some(off)
+    } else if src.starts_with(['"', '\'']) && src.get(1..).is_some_and(|s| s.starts_with(text)) {
+        Some(off + 1)
+    } else {
+        None
+    }
+}
+
+/// The position of a byte offset of the file.
+fn span_at(file: &SourceFile, offset: usize) -> Span {
+    let (line, column) = file.line_col(offset);
+    Span {
+        line,
+        column,
+        offset: Some(offset),
+    }
+}
+
+/// Where a variable (`params.x`, `steps.a.result`) is read in a template or expression, when it
+/// is written out as such; else the whole scalar.
+fn path_span(file: &SourceFile, text: &str, span: Span, path: &str) -> Span {
+    let Some(base) = verbatim_start(file, text, span) else {
+        return span;
+    };
+    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '.';
+    text.match_indices(path)
+        .map(|(i, _)| i)
+        .find(|&i| !text[..i].ends_with(word) && !text[i + path.len()..].starts_with(word))
+        .map_or(span, |i| span_at(file, base + i))
+}
+
 /// A parse error inside a template, pointed at the exact character when the scalar is written
 /// verbatim in the file (plain or quoted on one line), else at the scalar.
-fn syntax_error(file: &SourceFile, field: &str, text: &str, span: Span, e: &minijinja::Error, what: &str) -> Diagnostic {
+fn syntax_error(
+    file: &SourceFile,
+    field: &str,
+    text: &str,
+    span: Span,
+    e: &minijinja::Error,
+    what: &str,
+) -> Diagnostic {
     let mut at = span;
-    if let (Some(off), Some(range)) = (span.offset, e.range()) {
-        let src = &file.text[off.min(file.text.len())..];
-        let shift = if src.starts_with(text) {
-            Some(0)
-        } else if src.len() > 1 && src[1..].starts_with(text) {
-            Some(1)
-        } else {
-            None
-        };
-        if let Some(shift) = shift {
-            let o = off + shift + range.start.min(text.len());
-            let (line, column) = file.line_col(o);
-            at = Span { line, column, offset: Some(o) };
-        }
+    if let (Some(base), Some(range)) = (verbatim_start(file, text, span), e.range()) {
+        at = span_at(file, base + range.start.min(text.len()));
     }
     Diagnostic::new(
         "template-syntax",
@@ -158,7 +270,13 @@ fn syntax_error(file: &SourceFile, field: &str, text: &str, span: Span, e: &mini
     })
 }
 
-fn check_path(c: &Compiled, scope: Scope, field: &str, path: &str, span: Span) -> Option<Diagnostic> {
+fn check_path(
+    c: &Compiled,
+    scope: Scope,
+    field: &str,
+    path: &str,
+    span: Span,
+) -> Option<Diagnostic> {
     let mut parts = path.split('.');
     let root = parts.next().unwrap_or_default();
     let second = parts.next();
@@ -207,32 +325,36 @@ fn check_path(c: &Compiled, scope: Scope, field: &str, path: &str, span: Span) -
                     None => d.with_help("name a step upstream of this one; in templates a step id's `-` is written `_`"),
                 });
             };
-            if let Some(f) = third {
-                if !STEP_FIELDS.contains(&f) {
+            if let Some(f) = third
+                && !STEP_FIELDS.contains(&f) {
                     let d = Diagnostic::new("unknown-field", in_step(&format!("reads `steps.{id}.{f}`; steps have no `{f}`")), span);
                     return Some(match did_you_mean(f, STEP_FIELDS.iter().copied()) {
                         Some(s) => d.with_help(format!("did you mean `steps.{id}.{s}`?")),
                         None => d.with_help(format!("a step has: {}", STEP_FIELDS.join(", "))),
                     });
                 }
-            }
-            let me = scope.step?;
+            let me = scope.step.filter(|_| scope.graph)?;
             if reachable(c, target, me) || (scope.own && target == me) {
                 return None;
             }
             let target_id = &c.steps[target].id;
-            let msg = if target == me {
-                in_step(&format!("reads its own results (`steps.{id}`) before it has run"))
+            let (msg, help) = if target == me {
+                (
+                    in_step(&format!("reads its own results (`steps.{id}`) before it has run")),
+                    "a step's own result is `result`, and only in `assert`, `outputs` and `retry.on.expr`".to_owned(),
+                )
             } else if target >= c.main_count && me < c.main_count {
-                in_step(&format!("reads `steps.{id}`, a `finally` step, which runs after it"))
+                (
+                    in_step(&format!("reads `steps.{id}`, a `finally` step, which runs after it")),
+                    format!("`finally` steps run after every main step; read `steps.{id}` from another `finally` step, or make `{target_id}` a main step"),
+                )
             } else {
-                in_step(&format!("reads `steps.{id}`, but `{target_id}` is not upstream of it"))
+                (
+                    in_step(&format!("reads `steps.{id}`, but `{target_id}` is not upstream of it")),
+                    format!("add `{target_id}` to this step's `needs` (directly or through a step that needs it), so its result exists when this step runs"),
+                )
             };
-            Some(
-                Diagnostic::new("not-upstream", msg, span).with_help(format!(
-                    "add `{target_id}` to this step's `needs` (directly or through a step that needs it), so its result exists when this step runs"
-                )),
-            )
+            Some(Diagnostic::new("not-upstream", msg, span).with_help(help))
         }
         "run" => {
             let f = second?;

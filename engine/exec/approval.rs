@@ -18,46 +18,78 @@ struct Decision {
 ///
 /// # Errors
 /// `Denied` when someone denies, or nobody approves before the step's timeout.
-pub async fn request(ctx: &ActionCtx, spec: &ApproveSpec, message: &str) -> Result<ActionResult, ActionError> {
+pub async fn request(
+    ctx: &ActionCtx,
+    spec: &ApproveSpec,
+    message: &str,
+) -> Result<ActionResult, ActionError> {
     let shared = ctx.shared();
     let opts = &shared.options;
     let approver = opts.approver.clone().unwrap_or_else(|| shared.user.clone());
     let mut decisions: Vec<Decision> = Vec::new();
     let allowed = |who: &str| -> Result<(), String> {
         if !spec.self_approval && who == shared.user {
-            return Err(format!("`{who}` started this run and this step refuses self-approval"));
+            return Err(format!(
+                "`{who}` started this run and this step refuses self-approval"
+            ));
         }
         if !spec.approvers.is_empty() && !spec.approvers.iter().any(|a| a == who) {
-            return Err(format!("`{who}` is not among the approvers of this step ({})", spec.approvers.join(", ")));
+            return Err(format!(
+                "`{who}` is not among the approvers of this step ({})",
+                spec.approvers.join(", ")
+            ));
         }
         Ok(())
     };
     let needed = spec.min_approvals.max(1);
-    shared.emit(&Event::ApprovalWaiting { step: ctx.step().to_owned(), message: message.to_owned(), needed, have: 0 });
+    shared.emit(&Event::ApprovalWaiting {
+        step: ctx.step().to_owned(),
+        message: message.to_owned(),
+        needed,
+        have: 0,
+    });
 
     if opts.yes {
-        allowed(&approver).map_err(|why| ActionError::Denied(format!("--yes cannot approve: {why}")))?;
-        decisions.push(Decision { approver: approver.clone(), approved: true, via: "--yes" });
+        allowed(&approver)
+            .map_err(|why| ActionError::Denied(format!("--yes cannot approve: {why}")))?;
+        decisions.push(Decision {
+            approver: approver.clone(),
+            approved: true,
+            via: "--yes",
+        });
     } else if opts.interactive {
-        allowed(&approver).map_err(|why| ActionError::Denied(format!("cannot approve on this terminal: {why}")))?;
+        allowed(&approver).map_err(|why| {
+            ActionError::Denied(format!("cannot approve on this terminal: {why}"))
+        })?;
         let prompt = format!(
             "\n┃ approval needed for step `{}`\n┃ {message}\n┃ approve as {approver}? [y/N] ",
             ctx.step()
         );
         let answer = ask(ctx, &prompt).await?;
         let yes = matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes");
-        decisions.push(Decision { approver: approver.clone(), approved: yes, via: "tty" });
+        decisions.push(Decision {
+            approver: approver.clone(),
+            approved: yes,
+            via: "tty",
+        });
     }
     for d in &decisions {
         shared.emit(&Event::Approval {
             step: ctx.step().to_owned(),
             approver: d.approver.clone(),
-            decision: if d.approved { "approved".to_owned() } else { "denied".to_owned() },
+            decision: if d.approved {
+                "approved".to_owned()
+            } else {
+                "denied".to_owned()
+            },
             via: d.via.to_owned(),
         });
     }
     if let Some(d) = decisions.iter().find(|d| !d.approved) {
-        return Err(ActionError::Denied(format!("approval denied by {} ({})", d.approver, d.via)));
+        return Err(ActionError::Denied(format!(
+            "approval denied by {} ({})",
+            d.approver, d.via
+        )));
     }
     let mut approvers: Vec<String> = decisions.iter().map(|d| d.approver.clone()).collect();
     approvers.sort();
@@ -65,9 +97,12 @@ pub async fn request(ctx: &ActionCtx, spec: &ApproveSpec, message: &str) -> Resu
     let have = u32::try_from(approvers.len()).unwrap_or(u32::MAX);
     if have < needed {
         return Err(ActionError::Denied(if opts.interactive || opts.yes {
-            format!("step needs {needed} distinct approvers and has {have}; more approvals must be given with `runbook approve` (needs the state store)")
+            format!(
+                "step needs {needed} distinct approvers and has {have}; more approvals must be given with `runbook approve` (needs the state store)"
+            )
         } else {
-            "no terminal to ask for approval: pass --yes to pre-approve, or run on a terminal".to_owned()
+            "no terminal to ask for approval: pass --yes to pre-approve, or run on a terminal"
+                .to_owned()
         }));
     }
     Ok(ActionResult {

@@ -40,7 +40,9 @@ pub struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("run_id", &self.run_id).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("run_id", &self.run_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -58,11 +60,18 @@ impl Shared {
         reporter: Box<dyn Reporter>,
     ) -> Result<Arc<Self>, String> {
         let mut secret_values: Vec<String> = secrets.iter().map(|(_, v)| v.clone()).collect();
+        // A secret interpolated into a command is shell-quoted, which splits it around `'`:
+        // mask the quoted form too.
+        let quoted: Vec<String> = secret_values
+            .iter()
+            .map(|v| crate::template::shell_quote(v))
+            .collect();
+        secret_values.extend(quoted);
         for (name, p) in &c.runbook.params {
-            if p.value.secret {
-                if let Some(serde_json::Value::String(s)) = params.get(name) {
-                    secret_values.push(s.clone());
-                }
+            if p.value.secret
+                && let Some(serde_json::Value::String(s)) = params.get(name)
+            {
+                secret_values.push(s.clone());
             }
         }
         let http = reqwest::Client::builder()
@@ -95,13 +104,14 @@ impl Shared {
         if let Ok(mut r) = self.cancel_reason.lock() {
             r.get_or_insert_with(|| reason.to_owned());
         }
-        let _ = self.cancel_tx.send(true);
+        // `send_replace` stores the value even when nobody is subscribed yet.
+        self.cancel_tx.send_replace(true);
     }
 
     /// Clear the cancellation latch so `finally` steps can run after a cancellation; a new
     /// signal cancels them in turn.
     pub fn rearm(&self) {
-        let _ = self.cancel_tx.send(false);
+        self.cancel_tx.send_replace(false);
     }
 
     /// Whether the run was cancelled.
@@ -134,10 +144,12 @@ impl CancelWait {
 
 /// Cancel the run on Ctrl-C or SIGTERM (every time: a second signal stops `finally` too).
 pub(super) async fn cancel_on_signals(shared: Arc<Shared>) {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
         return;
     };
-    let Ok(mut int) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) else {
+    let Ok(mut int) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+    else {
         return;
     };
     loop {
@@ -162,7 +174,10 @@ pub struct ActionCtx {
 
 impl std::fmt::Debug for ActionCtx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ActionCtx").field("step", &self.step).field("attempt", &self.attempt).finish_non_exhaustive()
+        f.debug_struct("ActionCtx")
+            .field("step", &self.step)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
     }
 }
 
@@ -181,11 +196,19 @@ impl ActionCtx {
     }
     /// Stream a line of output (masked).
     pub fn output(&self, stream: Stream, line: &str) {
-        self.shared.emit(&Event::Output { step: self.step.to_string(), stream, line: self.mask(line) });
+        self.shared.emit(&Event::Output {
+            step: self.step.to_string(),
+            stream,
+            line: self.mask(line),
+        });
     }
     /// Record the rendered command or request (masked).
     pub fn note_command(&self, command: &str) {
-        self.shared.emit(&Event::Command { step: self.step.to_string(), attempt: self.attempt, command: self.mask(command) });
+        self.shared.emit(&Event::Command {
+            step: self.step.to_string(),
+            attempt: self.attempt,
+            command: self.mask(command),
+        });
     }
     /// The run's HTTP client.
     pub fn http(&self) -> &reqwest::Client {
@@ -219,15 +242,25 @@ impl TemplateState {
     pub fn new(shared: &Shared, c: &Compiled, params: &ParamValues) -> Self {
         let mut run = BTreeMap::new();
         run.insert("id".to_owned(), Value::from(shared.run_id.clone()));
-        run.insert("runbook".to_owned(), Value::from(c.runbook.runbook.value.clone()));
-        run.insert("started_at".to_owned(), Value::from(crate::clock::rfc3339(shared.started_at_ms)));
+        run.insert(
+            "runbook".to_owned(),
+            Value::from(c.runbook.runbook.value.clone()),
+        );
+        run.insert(
+            "started_at".to_owned(),
+            Value::from(crate::clock::rfc3339(shared.started_at_ms)),
+        );
         run.insert("status".to_owned(), Value::from("running"));
         run.insert("user".to_owned(), Value::from(shared.user.clone()));
         run.insert("host".to_owned(), Value::from(shared.host.clone()));
         run.insert("lock_token".to_owned(), Value::from(0));
         run.insert(
             "dir".to_owned(),
-            Value::from(c.path.parent().map(|p| p.display().to_string()).unwrap_or_else(|| ".".to_owned())),
+            Value::from(
+                c.path
+                    .parent()
+                    .map_or_else(|| ".".to_owned(), |p| p.display().to_string()),
+            ),
         );
         let env: BTreeMap<String, String> = std::env::vars().collect();
         Self {

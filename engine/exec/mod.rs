@@ -128,11 +128,14 @@ pub fn resolve_secrets(c: &Compiled) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     for (name, src) in &c.runbook.secrets {
         let v = match &src.value {
-            crate::model::SecretSource::Env(var) => std::env::var(var)
-                .map_err(|_| format!("failed to resolve secret `{name}`: environment variable {var} is not set"))?,
+            crate::model::SecretSource::Env(var) => std::env::var(var).map_err(|_| {
+                format!("failed to resolve secret `{name}`: environment variable {var} is not set")
+            })?,
             crate::model::SecretSource::File(path) => std::fs::read_to_string(path)
                 .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
-                .map_err(|e| format!("failed to resolve secret `{name}`: cannot read {path}: {e}"))?,
+                .map_err(|e| {
+                    format!("failed to resolve secret `{name}`: cannot read {path}: {e}")
+                })?,
         };
         out.push((name.clone(), v));
     }
@@ -179,11 +182,24 @@ pub fn execute(c: &Compiled, params: &ParamValues, options: &Options) -> Result<
         .map_err(|e| format!("failed to start the async runtime: {e}"))?;
     let run_id = new_run_id();
     let reporter = reporter_for(options.output);
-    let shared = Shared::new(run_id.clone(), c, params, &secrets, options.clone(), reporter)?;
+    let shared = Shared::new(
+        run_id.clone(),
+        c,
+        params,
+        &secrets,
+        options.clone(),
+        reporter,
+    )?;
     let status = rt.block_on(async {
         let s = shared.clone();
         let signals = tokio::spawn(async move { context::cancel_on_signals(s).await });
-        let status = scheduler::run(shared.clone(), Arc::new(c.clone()), params.clone(), Vec::new()).await;
+        let status = scheduler::run(
+            shared.clone(),
+            Arc::new(c.clone()),
+            params.clone(),
+            Vec::new(),
+        )
+        .await;
         signals.abort();
         status
     });
@@ -197,23 +213,31 @@ pub fn new_run_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let mix = (u64::from(nanos) ^ (u64::from(std::process::id()) << 16)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mix = (u64::from(nanos) ^ (u64::from(std::process::id()) << 16))
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
     format!(
         "{}{}{}-{}{}{}-{:04x}",
-        &stamp[0..4], &stamp[5..7], &stamp[8..10], &stamp[11..13], &stamp[14..16], &stamp[17..19],
+        &stamp[0..4],
+        &stamp[5..7],
+        &stamp[8..10],
+        &stamp[11..13],
+        &stamp[14..16],
+        &stamp[17..19],
         (mix >> 48) & 0xffff
     )
 }
 
 /// The user running the engine: `$USER`, else the passwd entry of the process's uid.
 pub fn current_user() -> String {
-    if let Ok(u) = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")) {
-        if !u.is_empty() {
-            return u;
-        }
-    }
     use std::os::unix::fs::MetadataExt;
-    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else { return "unknown".to_owned() };
+    if let Ok(u) = std::env::var("USER").or_else(|_| std::env::var("LOGNAME"))
+        && !u.is_empty()
+    {
+        return u;
+    }
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return "unknown".to_owned();
+    };
     std::fs::read_to_string("/etc/passwd")
         .ok()
         .and_then(|p| {
@@ -229,8 +253,7 @@ pub fn current_user() -> String {
 pub fn current_host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
+        .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned())
 }
 
 /// Where a called runbook is, relative to the caller.

@@ -2,6 +2,7 @@
 //! JSON lines for machines — plus the closing summary table.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -48,33 +49,120 @@ impl Reporter for JsonReporter {
 }
 
 /// One line of text for an event, without timestamp; `None` for events not worth a line.
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "events without a line of their own may come"
+)]
 fn describe(event: &Event) -> Option<String> {
     Some(match event {
-        Event::RunStarted { run_id, runbook, user, host, .. } => format!("run {run_id} of {runbook} started by {user}@{host}"),
-        Event::StepStarted { step, attempt, attempts } if *attempts > 1 => format!("{step}: started (attempt {attempt}/{attempts})"),
+        Event::RunStarted {
+            run_id,
+            runbook,
+            user,
+            host,
+            ..
+        } => format!("run {run_id} of {runbook} started by {user}@{host}"),
+        Event::StepStarted {
+            step,
+            attempt,
+            attempts,
+        } if *attempts > 1 => format!("{step}: started (attempt {attempt}/{attempts})"),
         Event::StepStarted { step, .. } => format!("{step}: started"),
         Event::Command { step, command, .. } => format!("{step}: $ {command}"),
-        Event::Output { step, stream: Stream::Stdout, line } => format!("{step} │ {line}"),
-        Event::Output { step, stream: Stream::Stderr, line } => format!("{step} ┃ {line}"),
-        Event::Check { step, phase, index, poll, passed, detail } => {
-            format!("{step}: {phase} #{} poll {poll}: {} — {detail}", index + 1, if *passed { "pass" } else { "fail" })
+        Event::Output {
+            step,
+            stream: Stream::Stdout,
+            line,
+        } => format!("{step} │ {line}"),
+        Event::Output {
+            step,
+            stream: Stream::Stderr,
+            line,
+        } => format!("{step} ┃ {line}"),
+        Event::Check {
+            step,
+            phase,
+            index,
+            poll,
+            passed,
+            detail,
+        } => {
+            format!(
+                "{step}: {phase} #{} poll {poll}: {} — {detail}",
+                index + 1,
+                if *passed { "pass" } else { "fail" }
+            )
         }
-        Event::Retry { step, attempt, delay_ms, error } => format!("{step}: attempt {attempt} failed ({error}); retrying in {}", crate::duration::format(Duration::from_millis(*delay_ms))),
+        Event::Retry {
+            step,
+            attempt,
+            delay_ms,
+            error,
+        } => format!(
+            "{step}: attempt {attempt} failed ({error}); retrying in {}",
+            crate::duration::format(Duration::from_millis(*delay_ms))
+        ),
         Event::StepSkipped { step, reason } => format!("{step}: skipped — {reason}"),
-        Event::StepSucceeded { step, duration_ms, summary, .. } => format!("{step}: ✓ succeeded in {} ({summary})", crate::duration::format(Duration::from_millis(*duration_ms))),
+        Event::StepSucceeded {
+            step,
+            duration_ms,
+            summary,
+            ..
+        } => format!(
+            "{step}: ✓ succeeded in {} ({summary})",
+            crate::duration::format(Duration::from_millis(*duration_ms))
+        ),
         Event::StepFailed { step, error, .. } => format!("{step}: ✗ failed — {error}"),
         Event::StepAborted { step, reason } => format!("{step}: ✗ aborted — {reason}"),
-        Event::Approval { step, approver, decision, via } => format!("{step}: {decision} by {approver} ({via})"),
-        Event::ApprovalWaiting { step, message, needed, have } => format!("{step}: approval needed ({have}/{needed}): {message}"),
-        Event::RollbackStarted { steps, not_compensated } => {
-            let mut s = format!("rollback: compensating {}", if steps.is_empty() { "nothing".to_owned() } else { steps.join(", ") });
+        Event::Approval {
+            step,
+            approver,
+            decision,
+            via,
+        } => format!("{step}: {decision} by {approver} ({via})"),
+        Event::ApprovalWaiting {
+            step,
+            message,
+            needed,
+            have,
+        } => format!("{step}: approval needed ({have}/{needed}): {message}"),
+        Event::RollbackStarted {
+            steps,
+            not_compensated,
+        } => {
+            let mut s = format!(
+                "rollback: compensating {}",
+                if steps.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    steps.join(", ")
+                }
+            );
             if !not_compensated.is_empty() {
-                s.push_str(&format!("; not compensated (before a point of no return): {}", not_compensated.join(", ")));
+                let _ = write!(
+                    s,
+                    "; not compensated (before a point of no return): {}",
+                    not_compensated.join(", ")
+                );
             }
             s
         }
-        Event::Compensated { step, ok, detail } => format!("rollback: {step} {} — {detail}", if *ok { "compensated" } else { "compensation FAILED" }),
-        Event::RunFinished { status, duration_ms, exit_code } => format!("run {status} in {} (exit {exit_code})", crate::duration::format(Duration::from_millis(*duration_ms))),
+        Event::Compensated { step, ok, detail } => format!(
+            "rollback: {step} {} — {detail}",
+            if *ok {
+                "compensated"
+            } else {
+                "compensation FAILED"
+            }
+        ),
+        Event::RunFinished {
+            status,
+            duration_ms,
+            exit_code,
+        } => format!(
+            "run {status} in {} (exit {exit_code})",
+            crate::duration::format(Duration::from_millis(*duration_ms))
+        ),
     })
 }
 
@@ -107,11 +195,42 @@ struct Summary {
 impl Summary {
     fn record(&self, event: &Event) {
         let row = match event {
-            Event::StepSucceeded { step, duration_ms, attempts, .. } => Some((step.clone(), "✓ succeeded".to_owned(), format!("{} ({attempts} attempt{})", crate::duration::format(Duration::from_millis(*duration_ms)), if *attempts == 1 { "" } else { "s" }))),
-            Event::StepFailed { step, duration_ms, .. } => Some((step.clone(), "✗ failed".to_owned(), crate::duration::format(Duration::from_millis(*duration_ms)))),
-            Event::StepAborted { step, .. } => Some((step.clone(), "✗ aborted".to_owned(), String::new())),
-            Event::StepSkipped { step, .. } => Some((step.clone(), "- skipped".to_owned(), String::new())),
-            Event::Compensated { step, ok, .. } => Some((step.clone(), if *ok { "↺ compensated".to_owned() } else { "↺ compensation failed".to_owned() }, String::new())),
+            Event::StepSucceeded {
+                step,
+                duration_ms,
+                attempts,
+                ..
+            } => Some((
+                step.clone(),
+                "✓ succeeded".to_owned(),
+                format!(
+                    "{} ({attempts} attempt{})",
+                    crate::duration::format(Duration::from_millis(*duration_ms)),
+                    if *attempts == 1 { "" } else { "s" }
+                ),
+            )),
+            Event::StepFailed {
+                step, duration_ms, ..
+            } => Some((
+                step.clone(),
+                "✗ failed".to_owned(),
+                crate::duration::format(Duration::from_millis(*duration_ms)),
+            )),
+            Event::StepAborted { step, .. } => {
+                Some((step.clone(), "✗ aborted".to_owned(), String::new()))
+            }
+            Event::StepSkipped { step, .. } => {
+                Some((step.clone(), "- skipped".to_owned(), String::new()))
+            }
+            Event::Compensated { step, ok, .. } => Some((
+                step.clone(),
+                if *ok {
+                    "↺ compensated".to_owned()
+                } else {
+                    "↺ compensation failed".to_owned()
+                },
+                String::new(),
+            )),
             _ => None,
         };
         if let (Some(r), Ok(mut rows)) = (row, self.rows.lock()) {
@@ -120,14 +239,21 @@ impl Summary {
     }
 
     fn render(&self) -> String {
-        let Ok(rows) = self.rows.lock() else { return String::new() };
+        let Ok(rows) = self.rows.lock() else {
+            return String::new();
+        };
         if rows.is_empty() {
             return String::new();
         }
-        let w = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(4).max(4);
+        let w = rows
+            .iter()
+            .map(|r| r.0.chars().count())
+            .max()
+            .unwrap_or(4)
+            .max(4);
         let mut s = format!("\n  {:<w$}  {:<22}  duration\n", "step", "status");
         for (step, status, d) in rows.iter() {
-            s.push_str(&format!("  {step:<w$}  {status:<22}  {d}\n"));
+            let _ = writeln!(s, "  {step:<w$}  {status:<22}  {d}");
         }
         s
     }
@@ -142,7 +268,11 @@ struct TtyReporter {
 
 impl TtyReporter {
     fn new() -> Self {
-        Self { multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()), bars: Mutex::new(HashMap::new()), table: Summary::default() }
+        Self {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            bars: Mutex::new(HashMap::new()),
+            table: Summary::default(),
+        }
     }
 
     fn bar(&self, step: &str) -> ProgressBar {
@@ -153,7 +283,12 @@ impl TtyReporter {
         bars.entry(step.to_owned())
             .or_insert_with(|| {
                 let b = self.multi.add(ProgressBar::new_spinner());
-                b.set_style(ProgressStyle::with_template("{spinner:.cyan} {prefix:.bold} {elapsed:>4} {wide_msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{spinner:.cyan} {prefix:.bold} {elapsed:>4} {wide_msg}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
                 b.set_prefix(step.to_owned());
                 b.enable_steady_tick(Duration::from_millis(120));
                 b
@@ -174,22 +309,49 @@ impl Reporter for TtyReporter {
     fn emit(&self, _ts_ms: i64, event: &Event) {
         self.table.record(event);
         match event {
-            Event::StepStarted { step, attempt, attempts } => {
+            Event::StepStarted {
+                step,
+                attempt,
+                attempts,
+            } => {
                 let b = self.bar(step);
-                b.set_message(if *attempts > 1 { format!("attempt {attempt}/{attempts}") } else { String::new() });
+                b.set_message(if *attempts > 1 {
+                    format!("attempt {attempt}/{attempts}")
+                } else {
+                    String::new()
+                });
             }
-            Event::Check { step, phase, index, poll, passed: false, detail } => {
-                self.bar(step).set_message(format!("{phase} #{} (poll {poll}): {detail}", index + 1));
+            Event::Check {
+                step,
+                phase,
+                index,
+                poll,
+                passed: false,
+                detail,
+            } => {
+                self.bar(step)
+                    .set_message(format!("{phase} #{} (poll {poll}): {detail}", index + 1));
             }
-            Event::Retry { step, .. } | Event::Output { step, .. } | Event::Command { step, .. } => {
+            Event::Retry { step, .. }
+            | Event::Output { step, .. }
+            | Event::Command { step, .. } => {
                 if let Some(line) = describe(event) {
                     let _ = self.multi.println(format!("  {line}"));
                 }
-                if let Event::Retry { attempt, delay_ms, .. } = event {
-                    self.bar(step).set_message(format!("attempt {attempt} failed, retrying in {}", crate::duration::format(Duration::from_millis(*delay_ms))));
+                if let Event::Retry {
+                    attempt, delay_ms, ..
+                } = event
+                {
+                    self.bar(step).set_message(format!(
+                        "attempt {attempt} failed, retrying in {}",
+                        crate::duration::format(Duration::from_millis(*delay_ms))
+                    ));
                 }
             }
-            Event::StepSucceeded { step, .. } | Event::StepFailed { step, .. } | Event::StepAborted { step, .. } | Event::StepSkipped { step, .. } => {
+            Event::StepSucceeded { step, .. }
+            | Event::StepFailed { step, .. }
+            | Event::StepAborted { step, .. }
+            | Event::StepSkipped { step, .. } => {
                 self.finish(step, &describe(event).unwrap_or_default());
             }
             Event::RunFinished { .. } => {

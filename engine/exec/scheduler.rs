@@ -17,12 +17,19 @@ use crate::model::OnFailure;
 /// Run a compiled runbook: preflight, the DAG, rollback when asked, `finally`.
 ///
 /// `prefix` names the steps of a called sub-runbook (`caller/step`).
-pub(super) async fn run(shared: Arc<Shared>, c: Arc<Compiled>, params: ParamValues, prefix: Vec<String>) -> RunStatus {
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    c: Arc<Compiled>,
+    params: ParamValues,
+    prefix: Vec<String>,
+) -> RunStatus {
     let started = Instant::now();
     let top = prefix.is_empty();
     let mut state = TemplateState::new(&shared, &c, &params);
     if top {
-        let shown = crate::plan::build(&c, &params).map(|p| serde_json::to_value(p.params).unwrap_or_default()).unwrap_or_default();
+        let shown = crate::plan::build(&c, &params)
+            .map(|p| serde_json::to_value(p.params).unwrap_or_default())
+            .unwrap_or_default();
         shared.emit(&Event::RunStarted {
             run_id: shared.run_id.clone(),
             runbook: c.runbook.runbook.value.clone(),
@@ -32,7 +39,11 @@ pub(super) async fn run(shared: Arc<Shared>, c: Arc<Compiled>, params: ParamValu
         });
     }
     let name = |i: usize| {
-        if prefix.is_empty() { c.steps[i].id.clone() } else { format!("{}/{}", prefix.join("/"), c.steps[i].id) }
+        if prefix.is_empty() {
+            c.steps[i].id.clone()
+        } else {
+            format!("{}/{}", prefix.join("/"), c.steps[i].id)
+        }
     };
 
     // Whole-run deadline.
@@ -40,7 +51,10 @@ pub(super) async fn run(shared: Arc<Shared>, c: Arc<Compiled>, params: ParamValu
         let s = shared.clone();
         tokio::spawn(async move {
             tokio::time::sleep(t).await;
-            s.cancel(&format!("the run exceeded its timeout of {}", crate::duration::format(t)));
+            s.cancel(&format!(
+                "the run exceeded its timeout of {}",
+                crate::duration::format(t)
+            ));
         })
     });
 
@@ -49,23 +63,50 @@ pub(super) async fn run(shared: Arc<Shared>, c: Arc<Compiled>, params: ParamValu
     let mut completion_order = Vec::new();
     if status.is_none() {
         let main: Vec<usize> = c.order.clone();
-        status = dag(&shared, &c, &main, &mut state, &mut ends, &mut completion_order, &name).await;
+        status = dag(
+            &shared,
+            &c,
+            &main,
+            &mut state,
+            &mut ends,
+            &mut completion_order,
+            &name,
+        )
+        .await;
     }
     let mut status = status.unwrap_or(RunStatus::Succeeded);
     if shared.is_cancelled() && status != RunStatus::Aborted {
         status = RunStatus::Cancelled;
     }
-    if status == RunStatus::Failed && c.runbook.on_failure == OnFailure::Rollback && !shared.is_cancelled() {
+    if status == RunStatus::Failed
+        && c.runbook.on_failure == OnFailure::Rollback
+        && !shared.is_cancelled()
+    {
         rollback(&shared, &c, &state, &ends, &completion_order, &name).await;
         status = RunStatus::RolledBack;
     }
 
     // `finally` runs whatever happened, even after cancellation.
     if c.steps.len() > c.main_count {
-        state.run.insert("status".to_owned(), Value::from(status.as_str()));
+        state
+            .run
+            .insert("status".to_owned(), Value::from(status.as_str()));
         let finally_order: Vec<usize> = c.finally_levels.iter().flatten().copied().collect();
-        let finally_shared = if shared.is_cancelled() { detached(&shared) } else { shared.clone() };
-        let _ = dag(&finally_shared, &c, &finally_order, &mut state, &mut ends, &mut completion_order, &name).await;
+        let finally_shared = if shared.is_cancelled() {
+            detached(&shared)
+        } else {
+            shared.clone()
+        };
+        let _ = dag(
+            &finally_shared,
+            &c,
+            &finally_order,
+            &mut state,
+            &mut ends,
+            &mut completion_order,
+            &name,
+        )
+        .await;
     }
     if let Some(t) = deadline_task {
         t.abort();
@@ -90,20 +131,50 @@ fn detached(shared: &Arc<Shared>) -> Arc<Shared> {
     shared.clone()
 }
 
-async fn preflight(shared: &Arc<Shared>, c: &Arc<Compiled>, state: &TemplateState, prefix: &[String]) -> Option<RunStatus> {
-    let name = if prefix.is_empty() { "preflight".to_owned() } else { format!("{}/preflight", prefix.join("/")) };
+async fn preflight(
+    shared: &Arc<Shared>,
+    c: &Arc<Compiled>,
+    state: &TemplateState,
+    prefix: &[String],
+) -> Option<RunStatus> {
+    let name = if prefix.is_empty() {
+        "preflight".to_owned()
+    } else {
+        format!("{}/preflight", prefix.join("/"))
+    };
     for (i, check) in c.runbook.preflight.iter().enumerate() {
         let timing = CheckTiming {
-            within: check.within.as_ref().and_then(|w| crate::duration::parse(&w.value.0).ok()),
-            interval: check.interval.as_ref().and_then(|w| crate::duration::parse(&w.value.0).ok()).unwrap_or(crate::compile::DEFAULT_INTERVAL),
-            timeout: check.timeout.as_ref().and_then(|w| crate::duration::parse(&w.value.0).ok()).unwrap_or(crate::compile::DEFAULT_CHECK_TIMEOUT),
+            within: check
+                .within
+                .as_ref()
+                .and_then(|w| crate::duration::parse(&w.value.0).ok()),
+            interval: check
+                .interval
+                .as_ref()
+                .and_then(|w| crate::duration::parse(&w.value.0).ok())
+                .unwrap_or(crate::compile::DEFAULT_INTERVAL),
+            timeout: check
+                .timeout
+                .as_ref()
+                .and_then(|w| crate::duration::parse(&w.value.0).ok())
+                .unwrap_or(crate::compile::DEFAULT_CHECK_TIMEOUT),
         };
-        let ctx = ActionCtx { shared: shared.clone(), step: Arc::from(name.as_str()), attempt: 0, timeout: timing.timeout, renderer: state.renderer(), compiled: c.clone() };
+        let ctx = ActionCtx {
+            shared: shared.clone(),
+            step: Arc::from(name.as_str()),
+            attempt: 0,
+            timeout: timing.timeout,
+            renderer: state.renderer(),
+            compiled: c.clone(),
+        };
         if let Err(why) = poll_check(&ctx, check, &timing, "preflight", i).await {
             if shared.is_cancelled() {
                 return Some(RunStatus::Cancelled);
             }
-            shared.emit(&Event::StepAborted { step: name.clone(), reason: format!("preflight check #{} failed: {why}", i + 1) });
+            shared.emit(&Event::StepAborted {
+                step: name.clone(),
+                reason: format!("preflight check #{} failed: {why}", i + 1),
+            });
             return Some(RunStatus::Aborted);
         }
     }
@@ -132,15 +203,25 @@ async fn dag(
             while k < pending.len() && running.len() < max_parallel {
                 let i = pending[k];
                 let needs = &c.steps[i].needs;
-                if !needs.iter().all(|n| ends.contains_key(n) || !section.contains(n)) {
+                if !needs
+                    .iter()
+                    .all(|n| ends.contains_key(n) || !section.contains(n))
+                {
                     k += 1;
                     continue;
                 }
                 pending.remove(k);
                 // A need that failed (with continue_on_failure) or was cancelled skips its dependants.
-                if let Some(bad) = needs.iter().find(|n| ends.get(n).is_some_and(|e| !matches!(e.status, StepStatus::Succeeded | StepStatus::Skipped(_)))) {
+                if let Some(bad) = needs.iter().find(|n| {
+                    ends.get(n).is_some_and(|e| {
+                        !matches!(e.status, StepStatus::Succeeded | StepStatus::Skipped(_))
+                    })
+                }) {
                     let reason = format!("upstream step `{}` did not succeed", c.steps[*bad].id);
-                    shared.emit(&Event::StepSkipped { step: name(i), reason: reason.clone() });
+                    shared.emit(&Event::StepSkipped {
+                        step: name(i),
+                        reason: reason.clone(),
+                    });
                     ends.insert(i, StepEnd::skipped(reason));
                     k = 0;
                     continue;
@@ -152,7 +233,9 @@ async fn dag(
                 running.spawn(async move { (i, run_step(s, cc, i, renderer, id).await) });
             }
         }
-        let Some(joined) = running.join_next().await else { break };
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
         let (i, end) = match joined {
             Ok(x) => x,
             Err(e) => {
@@ -163,12 +246,7 @@ async fn dag(
                 continue;
             }
         };
-        let key = template_key(&c.steps[i].id);
-        let value = end.template_value();
-        state.steps.insert(key.clone(), value.clone());
-        if key != c.steps[i].id {
-            state.steps.insert(c.steps[i].id.clone(), value);
-        }
+        expose(state, c, i, &end);
         match &end.status {
             StepStatus::Succeeded | StepStatus::Skipped(_) => {}
             StepStatus::Failed(_) if c.step(i).continue_on_failure => {}
@@ -191,14 +269,35 @@ async fn dag(
         ends.insert(i, end);
     }
     for i in pending {
-        let reason = if shared.is_cancelled() { "the run was cancelled".to_owned() } else { "the run stopped before it".to_owned() };
-        shared.emit(&Event::StepSkipped { step: name(i), reason: reason.clone() });
+        let reason = if shared.is_cancelled() {
+            "the run was cancelled".to_owned()
+        } else {
+            "the run stopped before it".to_owned()
+        };
+        shared.emit(&Event::StepSkipped {
+            step: name(i),
+            reason: reason.clone(),
+        });
         ends.insert(i, StepEnd::skipped(reason));
     }
     if shared.is_cancelled() {
-        return Some(if outcome == Some(RunStatus::Aborted) { RunStatus::Aborted } else { RunStatus::Cancelled });
+        return Some(if outcome == Some(RunStatus::Aborted) {
+            RunStatus::Aborted
+        } else {
+            RunStatus::Cancelled
+        });
     }
     outcome
+}
+
+/// Make a finished (or skipped) step visible to later templates as `steps.<id>`.
+fn expose(state: &mut TemplateState, c: &Compiled, i: usize, end: &StepEnd) {
+    let key = template_key(&c.steps[i].id);
+    let value = end.template_value();
+    if key != c.steps[i].id {
+        state.steps.insert(c.steps[i].id.clone(), value.clone());
+    }
+    state.steps.insert(key, value);
 }
 
 /// Compensate completed steps in reverse completion order (which respects dependencies), except
@@ -211,21 +310,30 @@ async fn rollback(
     completion_order: &[usize],
     name: &impl Fn(usize) -> String,
 ) {
-    let completed_irreversible: Vec<usize> = completion_order.iter().copied().filter(|&i| c.steps[i].irreversible).collect();
+    let completed_irreversible: Vec<usize> = completion_order
+        .iter()
+        .copied()
+        .filter(|&i| c.steps[i].irreversible)
+        .collect();
     let mut todo = Vec::new();
     let mut not = Vec::new();
     for &i in completion_order.iter().rev() {
         if i >= c.main_count || c.step(i).compensate.is_none() {
             continue;
         }
-        let before_no_return = completed_irreversible.iter().any(|&irr| c.downstream(i).contains(&irr));
+        let before_no_return = completed_irreversible
+            .iter()
+            .any(|&irr| c.downstream(i).contains(&irr));
         if before_no_return {
             not.push(i);
         } else {
             todo.push(i);
         }
     }
-    shared.emit(&Event::RollbackStarted { steps: todo.iter().map(|&i| name(i)).collect(), not_compensated: not.iter().map(|&i| name(i)).collect() });
+    shared.emit(&Event::RollbackStarted {
+        steps: todo.iter().map(|&i| name(i)).collect(),
+        not_compensated: not.iter().map(|&i| name(i)).collect(),
+    });
     for i in todo {
         let _ = ends;
         let r = compensate(shared.clone(), c.clone(), i, state.renderer()).await;
@@ -233,7 +341,11 @@ async fn rollback(
             Ok(d) => (true, d),
             Err(d) => (false, d),
         };
-        shared.emit(&Event::Compensated { step: name(i), ok, detail: shared.mask(&detail) });
+        shared.emit(&Event::Compensated {
+            step: name(i),
+            ok,
+            detail: shared.mask(&detail),
+        });
     }
 }
 
@@ -241,30 +353,54 @@ async fn rollback(
 ///
 /// # Errors
 /// When it does not compile, its params are invalid, or it does not succeed.
-pub async fn call(ctx: &ActionCtx, runbook: &str, params: Vec<(String, String)>) -> Result<ActionResult, ActionError> {
+pub async fn call(
+    ctx: &ActionCtx,
+    runbook: &str,
+    params: Vec<(String, String)>,
+) -> Result<ActionResult, ActionError> {
     let path = super::resolve_relative(&ctx.compiled.path, runbook);
     let depth = ctx.step.matches('/').count();
     if depth >= 8 {
-        return Err(ActionError::Failed(format!("failed to call {}: calls nest deeper than 8 levels", path.display())));
+        return Err(ActionError::Failed(format!(
+            "failed to call {}: calls nest deeper than 8 levels",
+            path.display()
+        )));
     }
     let compiled = crate::compile::compile_path(&path).map_err(|(file, diags)| {
         let first = diags.first().map(|d| d.short(&file)).unwrap_or_default();
         ActionError::Failed(format!("failed to compile {}: {first}", path.display()))
     })?;
-    let values = crate::compile::resolve_params(&compiled.runbook, &params, &BTreeMap::new()).map_err(|diags| {
-        ActionError::Failed(format!(
-            "invalid params for {}: {}",
-            path.display(),
-            diags.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("; ")
-        ))
-    })?;
+    let values = crate::compile::resolve_params(&compiled.runbook, &params, &BTreeMap::new())
+        .map_err(|diags| {
+            ActionError::Failed(format!(
+                "invalid params for {}: {}",
+                path.display(),
+                diags
+                    .iter()
+                    .map(|d| d.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ))
+        })?;
     let prefix = vec![ctx.step.to_string()];
     let status = Box::pin(run(ctx.shared.clone(), Arc::new(compiled), values, prefix)).await;
     let value = serde_json::json!({ "status": status.as_str(), "runbook": runbook });
     match status {
-        RunStatus::Succeeded => Ok(ActionResult { value, ok: true, summary: format!("{runbook} succeeded"), exit_code: None, http_status: None }),
+        RunStatus::Succeeded => Ok(ActionResult {
+            value,
+            ok: true,
+            summary: format!("{runbook} succeeded"),
+            exit_code: None,
+            http_status: None,
+        }),
         RunStatus::Cancelled => Err(ActionError::Cancelled),
         RunStatus::Aborted => Err(ActionError::Denied(format!("{runbook} was aborted"))),
-        other => Ok(ActionResult { value, ok: false, summary: format!("{runbook} {}", other.as_str()), exit_code: None, http_status: None }),
+        other => Ok(ActionResult {
+            value,
+            ok: false,
+            summary: format!("{runbook} {}", other.as_str()),
+            exit_code: None,
+            http_status: None,
+        }),
     }
 }

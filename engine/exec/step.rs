@@ -41,7 +41,14 @@ pub(super) struct StepEnd {
 impl StepEnd {
     pub fn skipped(reason: String) -> Self {
         let now = crate::clock::now_ms();
-        Self { status: StepStatus::Skipped(reason), result: serde_json::Value::Null, outputs: serde_json::Map::new(), attempts: 0, started_ms: now, finished_ms: now }
+        Self {
+            status: StepStatus::Skipped(reason),
+            result: serde_json::Value::Null,
+            outputs: serde_json::Map::new(),
+            attempts: 0,
+            started_ms: now,
+            finished_ms: now,
+        }
     }
 
     /// `steps.<id>` as templates see it.
@@ -70,7 +77,13 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// Run one step to its end.
-pub(super) async fn run_step(shared: Arc<Shared>, c: Arc<Compiled>, index: usize, renderer: Renderer<'static>, id: String) -> StepEnd {
+pub(super) async fn run_step(
+    shared: Arc<Shared>,
+    c: Arc<Compiled>,
+    index: usize,
+    renderer: Renderer<'static>,
+    id: String,
+) -> StepEnd {
     let step = c.step(index);
     let cs = &c.steps[index];
     let started = Instant::now();
@@ -89,13 +102,30 @@ pub(super) async fn run_step(shared: Arc<Shared>, c: Arc<Compiled>, index: usize
             Ok(v) if v.is_true() => {}
             Ok(_) => {
                 let reason = format!("guard `{}` is false", w.value);
-                shared.emit(&Event::StepSkipped { step: id.clone(), reason: reason.clone() });
+                shared.emit(&Event::StepSkipped {
+                    step: id.clone(),
+                    reason: reason.clone(),
+                });
                 return StepEnd::skipped(reason);
             }
             Err(e) => {
-                let error = shared.mask(&format!("failed to evaluate guard `{}`: {}", w.value, crate::template::describe(&e.source)));
-                shared.emit(&Event::StepFailed { step: id.clone(), duration_ms: 0, attempts: 0, error: error.clone() });
-                return end(StepStatus::Failed(error), serde_json::Value::Null, serde_json::Map::new(), 0);
+                let error = shared.mask(&format!(
+                    "failed to evaluate guard `{}`: {}",
+                    w.value,
+                    crate::template::describe(&e.source)
+                ));
+                shared.emit(&Event::StepFailed {
+                    step: id.clone(),
+                    duration_ms: 0,
+                    attempts: 0,
+                    error: error.clone(),
+                });
+                return end(
+                    StepStatus::Failed(error),
+                    serde_json::Value::Null,
+                    serde_json::Map::new(),
+                    0,
+                );
             }
         }
     }
@@ -110,13 +140,34 @@ pub(super) async fn run_step(shared: Arc<Shared>, c: Arc<Compiled>, index: usize
     };
 
     for (i, (check, timing)) in step.require.iter().zip(&cs.require).enumerate() {
-        if let Err(why) = poll_check(&ctx_for(0, timing.timeout, renderer.clone()), check, timing, "require", i).await {
+        if let Err(why) = poll_check(
+            &ctx_for(0, timing.timeout, renderer.clone()),
+            check,
+            timing,
+            "require",
+            i,
+        )
+        .await
+        {
             if shared.is_cancelled() {
-                return end(StepStatus::Cancelled, serde_json::Value::Null, serde_json::Map::new(), 0);
+                return end(
+                    StepStatus::Cancelled,
+                    serde_json::Value::Null,
+                    serde_json::Map::new(),
+                    0,
+                );
             }
             let reason = format!("precondition {} failed: {why}", check_label(check, i));
-            shared.emit(&Event::StepAborted { step: id.clone(), reason: reason.clone() });
-            return end(StepStatus::Aborted(reason), serde_json::Value::Null, serde_json::Map::new(), 0);
+            shared.emit(&Event::StepAborted {
+                step: id.clone(),
+                reason: reason.clone(),
+            });
+            return end(
+                StepStatus::Aborted(reason),
+                serde_json::Value::Null,
+                serde_json::Map::new(),
+                0,
+            );
         }
     }
 
@@ -134,25 +185,65 @@ pub(super) async fn run_step(shared: Arc<Shared>, c: Arc<Compiled>, index: usize
             Err((status, r, n)) => {
                 let duration_ms = ms(started.elapsed());
                 match &status {
-                    StepStatus::Aborted(reason) => shared.emit(&Event::StepAborted { step: id.clone(), reason: reason.clone() }),
-                    StepStatus::Failed(error) => shared.emit(&Event::StepFailed { step: id.clone(), duration_ms, attempts: n, error: error.clone() }),
-                    StepStatus::Cancelled => shared.emit(&Event::StepFailed { step: id.clone(), duration_ms, attempts: n, error: "cancelled".to_owned() }),
+                    StepStatus::Aborted(reason) => shared.emit(&Event::StepAborted {
+                        step: id.clone(),
+                        reason: reason.clone(),
+                    }),
+                    StepStatus::Failed(error) => shared.emit(&Event::StepFailed {
+                        step: id.clone(),
+                        duration_ms,
+                        attempts: n,
+                        error: error.clone(),
+                    }),
+                    StepStatus::Cancelled => shared.emit(&Event::StepFailed {
+                        step: id.clone(),
+                        duration_ms,
+                        attempts: n,
+                        error: "cancelled".to_owned(),
+                    }),
                     _ => {}
                 }
                 return end(status, r, serde_json::Map::new(), n);
             }
         }
     } else {
-        shared.emit(&Event::StepStarted { step: id.clone(), attempt: 1, attempts: 1 });
+        shared.emit(&Event::StepStarted {
+            step: id.clone(),
+            attempt: 1,
+            attempts: 1,
+        });
     }
 
     // Gates and outputs see the step's own result.
     let with_self = renderer.with("result", Value::from(minijinja::value::Serde(&result)));
     for (i, (check, timing)) in step.verify.iter().zip(&cs.verify).enumerate() {
-        if let Err(why) = poll_check(&ctx_for(attempts, timing.timeout, with_self.clone()), check, timing, "verify", i).await {
-            let status = if shared.is_cancelled() { StepStatus::Cancelled } else { StepStatus::Failed(format!("verification {} failed: {why}", check_label(check, i))) };
-            let error = match &status { StepStatus::Failed(e) => e.clone(), _ => "cancelled".to_owned() };
-            shared.emit(&Event::StepFailed { step: id.clone(), duration_ms: ms(started.elapsed()), attempts, error });
+        if let Err(why) = poll_check(
+            &ctx_for(attempts, timing.timeout, with_self.clone()),
+            check,
+            timing,
+            "verify",
+            i,
+        )
+        .await
+        {
+            let status = if shared.is_cancelled() {
+                StepStatus::Cancelled
+            } else {
+                StepStatus::Failed(format!(
+                    "verification {} failed: {why}",
+                    check_label(check, i)
+                ))
+            };
+            let error = match &status {
+                StepStatus::Failed(e) => e.clone(),
+                _ => "cancelled".to_owned(),
+            };
+            shared.emit(&Event::StepFailed {
+                step: id.clone(),
+                duration_ms: ms(started.elapsed()),
+                attempts,
+                error,
+            });
             return end(status, result, serde_json::Map::new(), attempts);
         }
     }
@@ -161,16 +252,32 @@ pub(super) async fn run_step(shared: Arc<Shared>, c: Arc<Compiled>, index: usize
     for (name, expr) in &step.outputs {
         match with_self.eval(&expr.value) {
             Ok(v) => {
-                outputs.insert(name.clone(), serde_json::to_value(&v).unwrap_or(serde_json::Value::Null));
+                outputs.insert(
+                    name.clone(),
+                    serde_json::to_value(&v).unwrap_or(serde_json::Value::Null),
+                );
             }
             Err(e) => {
-                let error = shared.mask(&format!("failed to evaluate output `{name}`: {}", crate::template::describe(&e.source)));
-                shared.emit(&Event::StepFailed { step: id.clone(), duration_ms: ms(started.elapsed()), attempts, error: error.clone() });
+                let error = shared.mask(&format!(
+                    "failed to evaluate output `{name}`: {}",
+                    crate::template::describe(&e.source)
+                ));
+                shared.emit(&Event::StepFailed {
+                    step: id.clone(),
+                    duration_ms: ms(started.elapsed()),
+                    attempts,
+                    error: error.clone(),
+                });
                 return end(StepStatus::Failed(error), result, outputs, attempts);
             }
         }
     }
-    shared.emit(&Event::StepSucceeded { step: id.clone(), duration_ms: ms(started.elapsed()), attempts, summary });
+    shared.emit(&Event::StepSucceeded {
+        step: id.clone(),
+        duration_ms: ms(started.elapsed()),
+        attempts,
+        summary,
+    });
     end(StepStatus::Succeeded, result, outputs, attempts)
 }
 
@@ -195,18 +302,33 @@ async fn attempt_loop(
     id: &str,
 ) -> Result<(ActionResult, u32), Failure> {
     let policy = &cs.retry;
-    let attempts = if matches!(action, Action::Approve(_)) { 1 } else { policy.attempts };
+    let attempts = if matches!(action, Action::Approve(_)) {
+        1
+    } else {
+        policy.attempts
+    };
     let mut last = serde_json::Value::Null;
     for attempt in 1..=attempts {
-        shared.emit(&Event::StepStarted { step: id.to_owned(), attempt, attempts });
+        shared.emit(&Event::StepStarted {
+            step: id.to_owned(),
+            attempt,
+            attempts,
+        });
         let ctx = ctx_for(attempt, cs.timeout, renderer.clone());
         let outcome = action.perform(&ctx).await;
         let (error, retryable) = match outcome {
             Ok(r) => {
                 let ok = match &step.assert {
-                    Some(a) => match renderer.with("result", Value::from(minijinja::value::Serde(&r.value))).eval(&a.value) {
+                    Some(a) => match renderer
+                        .with("result", Value::from(minijinja::value::Serde(&r.value)))
+                        .eval(&a.value)
+                    {
                         Ok(v) => Ok(v.is_true()),
-                        Err(e) => Err(format!("failed to evaluate assert `{}`: {}", a.value, crate::template::describe(&e.source))),
+                        Err(e) => Err(format!(
+                            "failed to evaluate assert `{}`: {}",
+                            a.value,
+                            crate::template::describe(&e.source)
+                        )),
                     },
                     None => Ok(r.ok),
                 };
@@ -229,52 +351,75 @@ async fn attempt_loop(
             }
             Err(ActionError::Cancelled) => return Err((StepStatus::Cancelled, last, attempt)),
             Err(ActionError::Denied(why)) => return Err((StepStatus::Aborted(why), last, attempt)),
-            Err(e @ ActionError::Unsupported(_)) => return Err((StepStatus::Failed(e.to_string()), last, attempt)),
+            Err(e @ ActionError::Unsupported(_)) => {
+                return Err((StepStatus::Failed(e.to_string()), last, attempt));
+            }
             Err(e @ ActionError::TimedOut(_)) => {
-                let retry = policy.on_exit_codes.is_empty() && policy.on_http_statuses.is_empty() && policy.on_expr.is_none();
+                let retry = policy.on_exit_codes.is_empty()
+                    && policy.on_http_statuses.is_empty()
+                    && policy.on_expr.is_none();
                 (e.to_string(), retry)
             }
             Err(ActionError::Failed(why)) => {
-                let retry = policy.on_exit_codes.is_empty() && policy.on_http_statuses.is_empty() && policy.on_expr.is_none();
+                let retry = policy.on_exit_codes.is_empty()
+                    && policy.on_http_statuses.is_empty()
+                    && policy.on_expr.is_none();
                 (why, retry)
             }
         };
         let error = shared.mask(&error);
         if attempt == attempts || !retryable || cs.irreversible {
-            let error = if attempts > 1 && attempt == attempts { format!("{error} (after {attempt} attempts)") } else { error };
+            let error = if attempts > 1 && attempt == attempts {
+                format!("{error} (after {attempt} attempts)")
+            } else {
+                error
+            };
             return Err((StepStatus::Failed(error), last, attempt));
         }
         let delay = jittered(policy, attempt + 1);
-        shared.emit(&Event::Retry { step: id.to_owned(), attempt, delay_ms: ms(delay), error });
+        shared.emit(&Event::Retry {
+            step: id.to_owned(),
+            attempt,
+            delay_ms: ms(delay),
+            error,
+        });
         let mut cancel = shared.cancelled();
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = cancel.wait() => return Err((StepStatus::Cancelled, last, attempt)),
         }
     }
-    Err((StepStatus::Failed("no attempt was made".to_owned()), last, 0))
+    Err((
+        StepStatus::Failed("no attempt was made".to_owned()),
+        last,
+        0,
+    ))
 }
 
 /// Whether a failed result is worth another attempt under `retry.on`.
 fn retryable(policy: &RetryPolicy, renderer: &Renderer<'static>, r: &ActionResult) -> bool {
-    let filtered = !policy.on_exit_codes.is_empty() || !policy.on_http_statuses.is_empty() || policy.on_expr.is_some();
+    let filtered = !policy.on_exit_codes.is_empty()
+        || !policy.on_http_statuses.is_empty()
+        || policy.on_expr.is_some();
     if !filtered {
         return true;
     }
-    if let Some(code) = r.exit_code {
-        if policy.on_exit_codes.contains(&code) {
-            return true;
-        }
+    if let Some(code) = r.exit_code
+        && policy.on_exit_codes.contains(&code)
+    {
+        return true;
     }
-    if let Some(status) = r.http_status {
-        if policy.on_http_statuses.contains(&status) {
-            return true;
-        }
+    if let Some(status) = r.http_status
+        && policy.on_http_statuses.contains(&status)
+    {
+        return true;
     }
-    if let Some(expr) = &policy.on_expr {
-        if let Ok(v) = renderer.with("result", Value::from(minijinja::value::Serde(&r.value))).eval(expr) {
-            return v.is_true();
-        }
+    if let Some(expr) = &policy.on_expr
+        && let Ok(v) = renderer
+            .with("result", Value::from(minijinja::value::Serde(&r.value)))
+            .eval(expr)
+    {
+        return v.is_true();
     }
     false
 }
@@ -297,7 +442,13 @@ fn jittered(policy: &RetryPolicy, next: u32) -> Duration {
 ///
 /// # Errors
 /// The last failure seen.
-pub(super) async fn poll_check(ctx: &ActionCtx, check: &Check, timing: &CheckTiming, phase: &str, index: usize) -> Result<(), String> {
+pub(super) async fn poll_check(
+    ctx: &ActionCtx,
+    check: &Check,
+    timing: &CheckTiming,
+    phase: &str,
+    index: usize,
+) -> Result<(), String> {
     let Some(action) = kinds::check_actions(check).into_iter().next() else {
         return Err("the check has no kind".to_owned());
     };
@@ -321,8 +472,13 @@ pub(super) async fn poll_check(ctx: &ActionCtx, check: &Check, timing: &CheckTim
         match deadline {
             Some(d) if now + timing.interval < d => {}
             Some(_) => {
-                let within = timing.within.map(crate::duration::format).unwrap_or_default();
-                return Err(ctx.mask(&format!("{detail} (still failing after {within}, {poll} polls)")));
+                let within = timing
+                    .within
+                    .map(crate::duration::format)
+                    .unwrap_or_default();
+                return Err(ctx.mask(&format!(
+                    "{detail} (still failing after {within}, {poll} polls)"
+                )));
             }
             None => return Err(ctx.mask(&detail)),
         }
@@ -337,10 +493,24 @@ pub(super) async fn poll_check(ctx: &ActionCtx, check: &Check, timing: &CheckTim
 async fn evaluate(ctx: &ActionCtx, check: &Check, action: &Action<'_>) -> (bool, String) {
     match action.perform(ctx).await {
         Ok(r) => match &check.assert {
-            Some(a) => match ctx.renderer.with("result", Value::from(minijinja::value::Serde(&r.value))).eval(&a.value) {
+            Some(a) => match ctx
+                .renderer
+                .with("result", Value::from(minijinja::value::Serde(&r.value)))
+                .eval(&a.value)
+            {
                 Ok(v) if v.is_true() => (true, format!("{}; {} holds", r.summary, a.value)),
-                Ok(_) => (false, format!("{}; assert `{}` is false", r.summary, a.value)),
-                Err(e) => (false, format!("failed to evaluate assert `{}`: {}", a.value, crate::template::describe(&e.source))),
+                Ok(_) => (
+                    false,
+                    format!("{}; assert `{}` is false", r.summary, a.value),
+                ),
+                Err(e) => (
+                    false,
+                    format!(
+                        "failed to evaluate assert `{}`: {}",
+                        a.value,
+                        crate::template::describe(&e.source)
+                    ),
+                ),
             },
             None => (r.ok, r.summary),
         },
@@ -349,9 +519,16 @@ async fn evaluate(ctx: &ActionCtx, check: &Check, action: &Action<'_>) -> (bool,
 }
 
 /// Run a step's compensation once.
-pub(super) async fn compensate(shared: Arc<Shared>, c: Arc<Compiled>, index: usize, renderer: Renderer<'static>) -> Result<String, String> {
+pub(super) async fn compensate(
+    shared: Arc<Shared>,
+    c: Arc<Compiled>,
+    index: usize,
+    renderer: Renderer<'static>,
+) -> Result<String, String> {
     let step = c.step(index);
-    let Some(comp) = &step.compensate else { return Ok("nothing to compensate".to_owned()) };
+    let Some(comp) = &step.compensate else {
+        return Ok("nothing to compensate".to_owned());
+    };
     let Some(action) = kinds::compensation_actions(&comp.value).into_iter().next() else {
         return Err("the compensation has no action".to_owned());
     };
@@ -361,7 +538,14 @@ pub(super) async fn compensate(shared: Arc<Shared>, c: Arc<Compiled>, index: usi
         .as_ref()
         .and_then(|t| crate::duration::parse(&t.value.0).ok())
         .unwrap_or(c.steps[index].timeout);
-    let ctx = ActionCtx { shared: shared.clone(), step: Arc::from(format!("{}:compensate", step.id.value).as_str()), attempt: 1, timeout, renderer, compiled: c.clone() };
+    let ctx = ActionCtx {
+        shared: shared.clone(),
+        step: Arc::from(format!("{}:compensate", step.id.value).as_str()),
+        attempt: 1,
+        timeout,
+        renderer,
+        compiled: c.clone(),
+    };
     match action.perform(&ctx).await {
         Ok(r) if r.ok => Ok(r.summary),
         Ok(r) => Err(r.summary),

@@ -49,7 +49,11 @@ impl super::Perform for CallSpec {
             let r = ctx.renderer();
             let mut params = Vec::new();
             for (k, v) in &self.params {
-                params.push((k.clone(), r.render(&v.value, Escape::None).map_err(|e| ActionError::Failed(e.to_string()))?));
+                params.push((
+                    k.clone(),
+                    r.render(&v.value, Escape::None)
+                        .map_err(|e| ActionError::Failed(e.to_string()))?,
+                ));
             }
             crate::exec::call(ctx, &self.runbook.value, params).await
         })

@@ -31,7 +31,10 @@ impl super::Perform for ExprAction<'_> {
     fn perform<'a>(&'a self, ctx: &'a crate::exec::ActionCtx) -> super::PerformFuture<'a> {
         Box::pin(async move {
             use crate::exec::{ActionError, ActionResult};
-            let v = ctx.renderer().eval(&self.expr.value).map_err(|e| ActionError::Failed(e.to_string()))?;
+            let v = ctx
+                .renderer()
+                .eval(&self.expr.value)
+                .map_err(|e| ActionError::Failed(e.to_string()))?;
             let ok = v.is_true();
             Ok(ActionResult {
                 value: serde_json::to_value(&v).unwrap_or(serde_json::Value::Null),

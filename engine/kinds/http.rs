@@ -224,15 +224,32 @@ impl super::Perform for HttpSpec {
                     chain = s.to_string();
                     src = s.source();
                 }
-                ActionError::Failed(ctx.mask(&format!("failed to {} {url}: {why}{}", self.method().as_str(), if chain.is_empty() { String::new() } else { format!(" ({chain})") })))
+                ActionError::Failed(ctx.mask(&format!(
+                    "failed to {} {url}: {why}{}",
+                    self.method().as_str(),
+                    if chain.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({chain})")
+                    }
+                )))
             })?;
             let status = resp.status().as_u16();
             let headers: serde_json::Map<String, serde_json::Value> = resp
                 .headers()
                 .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        serde_json::Value::String(
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        ),
+                    )
+                })
                 .collect();
-            let bytes = resp.bytes().await.map_err(|e| ActionError::Failed(format!("failed to read the response body: {e}")))?;
+            let bytes = resp.bytes().await.map_err(|e| {
+                ActionError::Failed(format!("failed to read the response body: {e}"))
+            })?;
             let body = String::from_utf8_lossy(&bytes[..bytes.len().min(BODY_LIMIT)]).into_owned();
             let mut value = serde_json::json!({
                 "status": status,
@@ -243,7 +260,13 @@ impl super::Perform for HttpSpec {
                 value["json"] = j;
             }
             let ok = (200..300).contains(&status);
-            Ok(ActionResult { value, ok, summary: format!("HTTP {status}"), exit_code: None, http_status: Some(status) })
+            Ok(ActionResult {
+                value,
+                ok,
+                summary: format!("HTTP {status}"),
+                exit_code: None,
+                http_status: Some(status),
+            })
         })
     }
 }

@@ -66,7 +66,7 @@ pub struct RolloutUndo {
 pub enum ScaleKind {
     /// apps/v1 Deployment
     Deployment,
-    /// apps/v1 StatefulSet
+    /// apps/v1 `StatefulSet`
     Statefulset,
 }
 
@@ -212,7 +212,11 @@ fn object_fields<'a>(prefix: &str, o: &'a ObjectRef, out: &mut Vec<TemplateField
     ));
 }
 
-fn json_fields<'a>(prefix: &str, v: &'a Spanned<serde_json::Value>, out: &mut Vec<TemplateField<'a>>) {
+fn json_fields<'a>(
+    prefix: &str,
+    v: &'a Spanned<serde_json::Value>,
+    out: &mut Vec<TemplateField<'a>>,
+) {
     let mut strings = Vec::new();
     super::http::json_strings(prefix, &v.value, &mut strings);
     out.extend(strings.into_iter().map(|(field, text)| TemplateField {
@@ -303,32 +307,52 @@ impl Kind for K8sSpec {
             Some(n) => s(n)?,
             None => "(context default)".to_owned(),
         };
-        let mut out = vec![("k8s".to_owned(), format!("context {context}, namespace {namespace}"))];
+        let mut out = vec![(
+            "k8s".to_owned(),
+            format!("context {context}, namespace {namespace}"),
+        )];
         if let Some(u) = &self.rollout_undo {
             let to = match &u.to_revision {
                 Some(rev) => format!("revision {}", s(rev)?),
                 None => "the previous revision".to_owned(),
             };
-            out.push(("rollout undo".to_owned(), format!("deployment/{} to {to}", s(&u.deployment)?)));
+            out.push((
+                "rollout undo".to_owned(),
+                format!("deployment/{} to {to}", s(&u.deployment)?),
+            ));
         }
         if let Some(sc) = &self.scale {
             let kind = match sc.kind {
                 ScaleKind::Deployment => "deployment",
                 ScaleKind::Statefulset => "statefulset",
             };
-            out.push(("scale".to_owned(), format!("{kind}/{} to {} replicas", s(&sc.name)?, s(&sc.replicas)?)));
+            out.push((
+                "scale".to_owned(),
+                format!("{kind}/{} to {} replicas", s(&sc.name)?, s(&sc.replicas)?),
+            ));
         }
         if let Some(si) = &self.set_image {
             out.push((
                 "set image".to_owned(),
-                format!("deployment/{} container {} to {}", s(&si.deployment)?, s(&si.container)?, s(&si.image)?),
+                format!(
+                    "deployment/{} container {} to {}",
+                    s(&si.deployment)?,
+                    s(&si.container)?,
+                    s(&si.image)?
+                ),
             ));
         }
         if let Some(rs) = &self.restart {
-            out.push(("restart".to_owned(), format!("deployment/{}", s(&rs.deployment)?)));
+            out.push((
+                "restart".to_owned(),
+                format!("deployment/{}", s(&rs.deployment)?),
+            ));
         }
         if let Some(rs) = &self.rollout_status {
-            out.push(("rollout status".to_owned(), format!("deployment/{}", s(&rs.deployment)?)));
+            out.push((
+                "rollout status".to_owned(),
+                format!("deployment/{}", s(&rs.deployment)?),
+            ));
         }
         if let Some(p) = &self.patch {
             let ty = match p.patch_type.unwrap_or(PatchType::Merge) {
@@ -340,7 +364,10 @@ impl Kind for K8sSpec {
                 format!("patch ({ty})"),
                 format!("{} {}/{}", s(&p.api_version)?, s(&p.kind)?, s(&p.name)?),
             ));
-            out.push(("body".to_owned(), super::http::render_json(r, &p.patch.value)?.to_string()));
+            out.push((
+                "body".to_owned(),
+                super::http::render_json(r, &p.patch.value)?.to_string(),
+            ));
         }
         if let Some(a) = &self.apply {
             out.push((
@@ -350,7 +377,10 @@ impl Kind for K8sSpec {
         }
         for (label, o) in [("delete", &self.delete), ("get", &self.get)] {
             if let Some(o) = o {
-                out.push((label.to_owned(), format!("{} {}/{}", s(&o.api_version)?, s(&o.kind)?, s(&o.name)?)));
+                out.push((
+                    label.to_owned(),
+                    format!("{} {}/{}", s(&o.api_version)?, s(&o.kind)?, s(&o.name)?),
+                ));
             }
         }
         if let Some(l) = &self.list {
@@ -358,7 +388,10 @@ impl Kind for K8sSpec {
                 Some(x) => format!(" -l {}", s(x)?),
                 None => String::new(),
             };
-            out.push(("list".to_owned(), format!("{} {}{sel}", s(&l.api_version)?, s(&l.kind)?)));
+            out.push((
+                "list".to_owned(),
+                format!("{} {}{sel}", s(&l.api_version)?, s(&l.kind)?),
+            ));
         }
         Ok(out)
     }

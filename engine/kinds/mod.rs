@@ -80,13 +80,13 @@ pub enum Action<'a> {
     Approve(&'a Spanned<approve::ApproveSpec>),
     /// A sub-runbook.
     Call(&'a Spanned<call::CallSpec>),
-    /// A PromQL query (checks only).
+    /// A `PromQL` query (checks only).
     Prometheus(&'a Spanned<prometheus::PrometheusSpec>),
     /// An expression (checks only).
     Expr(expr::ExprAction<'a>),
 }
 
-impl<'a> Action<'a> {
+impl Action<'_> {
     /// The kind behind the action.
     pub fn kind(&self) -> &dyn Kind {
         match self {
@@ -209,7 +209,12 @@ pub fn compensation_actions(c: &Compensation) -> Vec<Action<'_>> {
 
 /// A boxed future returned by [`Perform::perform`] (the executor spawns it on tokio).
 pub type PerformFuture<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<crate::exec::ActionResult, crate::exec::ActionError>> + Send + 'a>,
+    Box<
+        dyn std::future::Future<
+                Output = Result<crate::exec::ActionResult, crate::exec::ActionError>,
+            > + Send
+            + 'a,
+    >,
 >;
 
 /// How a kind performs its action (or its check) at run time.
@@ -223,7 +228,10 @@ impl Action<'_> {
     ///
     /// # Errors
     /// The kind's failure (timeout, cancellation, a request that could not be sent…).
-    pub async fn perform(&self, ctx: &crate::exec::ActionCtx) -> Result<crate::exec::ActionResult, crate::exec::ActionError> {
+    pub async fn perform(
+        &self,
+        ctx: &crate::exec::ActionCtx,
+    ) -> Result<crate::exec::ActionResult, crate::exec::ActionError> {
         match self {
             Action::Run(a) => a.perform(ctx).await,
             Action::Http(a) => a.value.perform(ctx).await,
@@ -231,12 +239,17 @@ impl Action<'_> {
             Action::Approve(a) => a.value.perform(ctx).await,
             Action::Call(a) => a.value.perform(ctx).await,
             Action::Expr(a) => a.perform(ctx).await,
-            Action::K8s(_) | Action::Sql(_) | Action::Prometheus(_) => Err(crate::exec::ActionError::Unsupported(self.name())),
+            Action::K8s(_) | Action::Sql(_) | Action::Prometheus(_) => {
+                Err(crate::exec::ActionError::Unsupported(self.name()))
+            }
         }
     }
 
     /// Whether this build can perform the action (`k8s`, `sql`, `prometheus` arrive later).
     pub fn supported(&self) -> bool {
-        !matches!(self, Action::K8s(_) | Action::Sql(_) | Action::Prometheus(_))
+        !matches!(
+            self,
+            Action::K8s(_) | Action::Sql(_) | Action::Prometheus(_)
+        )
     }
 }

@@ -1,4 +1,4 @@
-//! `prometheus`: a PromQL check, instant or sustained over a window.
+//! `prometheus`: a `PromQL` check, instant or sustained over a window.
 
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -7,7 +7,7 @@ use super::{DescriptionLine, Kind, TemplateField};
 use crate::model::{DurationText, Spanned};
 use crate::template::{Escape, RenderError, Renderer};
 
-/// A PromQL query.
+/// A `PromQL` query.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrometheusSpec {

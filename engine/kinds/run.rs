@@ -122,8 +122,10 @@ mod process {
         stdin: Option<String>,
         timeout: Duration,
     ) -> Result<Finished, ActionError> {
-        let (out_r, out_w) = std::io::pipe().map_err(|e| ActionError::Failed(format!("failed to create a pipe: {e}")))?;
-        let (err_r, err_w) = std::io::pipe().map_err(|e| ActionError::Failed(format!("failed to create a pipe: {e}")))?;
+        let (out_r, out_w) = std::io::pipe()
+            .map_err(|e| ActionError::Failed(format!("failed to create a pipe: {e}")))?;
+        let (err_r, err_w) = std::io::pipe()
+            .map_err(|e| ActionError::Failed(format!("failed to create a pipe: {e}")))?;
         let mut expr = duct::cmd("/bin/sh", ["-c", command])
             .stdout_file(out_w)
             .stderr_file(err_w)
@@ -157,7 +159,9 @@ mod process {
         let out_task = tokio::task::spawn_blocking(move || pump(out_r, Stream::Stdout, &out_ctx));
         let err_task = tokio::task::spawn_blocking(move || pump(err_r, Stream::Stderr, &err_ctx));
         let waiter = handle.clone();
-        let wait_task = tokio::task::spawn_blocking(move || waiter.wait().map(|o| o.status.code().unwrap_or(-1)));
+        let wait_task = tokio::task::spawn_blocking(move || {
+            waiter.wait().map(|o| o.status.code().unwrap_or(-1))
+        });
 
         let mut cancel = ctx.cancelled();
         let outcome = tokio::select! {
@@ -167,8 +171,16 @@ mod process {
         };
         let code = match outcome {
             Ok(Ok(Ok(code))) => code,
-            Ok(Ok(Err(e))) => return Err(ActionError::Failed(format!("failed to wait for the command: {e}"))),
-            Ok(Err(e)) => return Err(ActionError::Failed(format!("failed to wait for the command: {e}"))),
+            Ok(Ok(Err(e))) => {
+                return Err(ActionError::Failed(format!(
+                    "failed to wait for the command: {e}"
+                )));
+            }
+            Ok(Err(e)) => {
+                return Err(ActionError::Failed(format!(
+                    "failed to wait for the command: {e}"
+                )));
+            }
             Err(e) => {
                 if pgid != 0 {
                     kill_group(pgid);
@@ -187,7 +199,12 @@ mod process {
         }
         let (stdout, t1) = out_task.await.unwrap_or_default();
         let (stderr, t2) = err_task.await.unwrap_or_default();
-        Ok(Finished { exit_code: code, stdout, stderr, truncated: t1 || t2 })
+        Ok(Finished {
+            exit_code: code,
+            stdout,
+            stderr,
+            truncated: t1 || t2,
+        })
     }
 }
 
@@ -196,14 +213,23 @@ impl super::Perform for RunAction<'_> {
         Box::pin(async move {
             use crate::exec::{ActionError, ActionResult};
             let r = ctx.renderer();
-            let render = |t: &str, e| r.render(t, e).map_err(|err| ActionError::Failed(err.to_string()));
+            let render = |t: &str, e| {
+                r.render(t, e)
+                    .map_err(|err| ActionError::Failed(err.to_string()))
+            };
             let command = render(&self.command.value, Escape::Shell)?;
             let mut env = Vec::new();
             for (k, v) in self.env {
                 env.push((k.clone(), render(&v.value, Escape::None)?));
             }
-            let cwd = self.cwd.map(|c| render(&c.value, Escape::None)).transpose()?;
-            let stdin = self.stdin.map(|s| render(&s.value, Escape::None)).transpose()?;
+            let cwd = self
+                .cwd
+                .map(|c| render(&c.value, Escape::None))
+                .transpose()?;
+            let stdin = self
+                .stdin
+                .map(|s| render(&s.value, Escape::None))
+                .transpose()?;
             ctx.note_command(&command);
             let f = process::run(ctx, &command, env, cwd, stdin, ctx.timeout()).await?;
             let json = serde_json::from_str::<serde_json::Value>(f.stdout.trim()).ok();
@@ -220,7 +246,11 @@ impl super::Perform for RunAction<'_> {
             Ok(ActionResult {
                 value,
                 ok,
-                summary: if ok { "exit 0".to_owned() } else { format!("exit {}", f.exit_code) },
+                summary: if ok {
+                    "exit 0".to_owned()
+                } else {
+                    format!("exit {}", f.exit_code)
+                },
                 exit_code: Some(f.exit_code),
                 http_status: None,
             })

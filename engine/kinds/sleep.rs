@@ -30,13 +30,20 @@ impl super::Perform for SleepAction<'_> {
     fn perform<'a>(&'a self, ctx: &'a crate::exec::ActionCtx) -> super::PerformFuture<'a> {
         Box::pin(async move {
             use crate::exec::{ActionError, ActionResult};
-            let d = crate::duration::parse(&self.duration.value.0).map_err(|e| ActionError::Failed(e.to_string()))?;
+            let d = crate::duration::parse(&self.duration.value.0)
+                .map_err(|e| ActionError::Failed(e.to_string()))?;
             let mut cancel = ctx.cancelled();
             tokio::select! {
                 () = tokio::time::sleep(d) => {}
                 () = cancel.wait() => return Err(ActionError::Cancelled),
             }
-            Ok(ActionResult { value: serde_json::json!({"slept_ms": d.as_millis() as u64}), ok: true, summary: format!("slept {}", crate::duration::format(d)), exit_code: None, http_status: None })
+            Ok(ActionResult {
+                value: serde_json::json!({"slept_ms": u64::try_from(d.as_millis()).unwrap_or(u64::MAX)}),
+                ok: true,
+                summary: format!("slept {}", crate::duration::format(d)),
+                exit_code: None,
+                http_status: None,
+            })
         })
     }
 }

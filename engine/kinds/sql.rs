@@ -1,4 +1,4 @@
-//! `sql`: statements against PostgreSQL, as an action (DDL/DML) or a check (a query + assert).
+//! `sql`: statements against `PostgreSQL`, as an action (DDL/DML) or a check (a query + assert).
 
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -71,7 +71,10 @@ impl Kind for SqlSpec {
                 "sql".to_owned(),
                 crate::mask::mask_dsn(&r.render(&self.dsn.value, Escape::None)?),
             ),
-            ("query".to_owned(), r.render(&self.query.value, Escape::None)?),
+            (
+                "query".to_owned(),
+                r.render(&self.query.value, Escape::None)?,
+            ),
         ];
         for (i, p) in self.params.iter().enumerate() {
             out.push((format!("${}", i + 1), r.render(&p.value, Escape::None)?));

@@ -40,7 +40,10 @@ impl JsonSchema for DurationText {
 /// check the header on its own when a step is broken, so that all errors surface in one pass.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, bound(deserialize = "S: Deserialize<'de>"))]
-#[schemars(title = "runbook", description = "A runbook: an operational procedure that `runbook` compiles, plans and executes.")]
+#[schemars(
+    title = "runbook",
+    description = "A runbook: an operational procedure that `runbook` compiles, plans and executes."
+)]
 pub struct Runbook<S = Step> {
     /// The runbook's name (used in run listings, locks and audit entries).
     pub runbook: Spanned<String>,
@@ -246,7 +249,7 @@ pub struct Step {
     /// Action: a Kubernetes operation.
     #[serde(default)]
     pub k8s: Option<Spanned<K8sSpec>>,
-    /// Action: SQL statements against PostgreSQL.
+    /// Action: SQL statements against `PostgreSQL`.
     #[serde(default)]
     pub sql: Option<Spanned<SqlSpec>>,
     /// Action: wait this long.
@@ -344,7 +347,7 @@ pub struct Check {
     /// A Kubernetes read (`get`, `list`, `rollout_status`).
     #[serde(default)]
     pub k8s: Option<Spanned<K8sSpec>>,
-    /// A PromQL query.
+    /// A `PromQL` query.
     #[serde(default)]
     pub prometheus: Option<Spanned<PrometheusSpec>>,
     /// An expression over params and upstream results; passes when true.

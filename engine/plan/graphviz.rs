@@ -30,14 +30,22 @@ pub fn mermaid(p: &Plan) -> String {
         }
     }
     if !p.finally.is_empty() {
-        let last: Vec<&str> = p.steps.iter().filter(|s| !p.steps.iter().any(|t| t.needs.contains(&s.id))).map(|s| s.id.as_str()).collect();
+        let last: Vec<&str> = p
+            .steps
+            .iter()
+            .filter(|s| !p.steps.iter().any(|t| t.needs.contains(&s.id)))
+            .map(|s| s.id.as_str())
+            .collect();
         for f in p.finally.iter().filter(|f| f.needs.is_empty()) {
             for l in &last {
                 let _ = writeln!(o, "  {} -.->|finally| {}", node_id(l), node_id(&f.id));
             }
         }
     }
-    let _ = writeln!(o, "  classDef irreversible fill:#fdd,stroke:#c00,stroke-width:3px");
+    let _ = writeln!(
+        o,
+        "  classDef irreversible fill:#fdd,stroke:#c00,stroke-width:3px"
+    );
     let _ = writeln!(o, "  classDef mutates fill:#ffe,stroke:#aa0");
     for s in p.steps.iter().chain(&p.finally) {
         if s.irreversible {
@@ -51,7 +59,10 @@ pub fn mermaid(p: &Plan) -> String {
 
 /// Render the DAG as Graphviz DOT.
 pub fn dot(p: &Plan) -> String {
-    let mut o = format!("digraph \"{}\" {{\n  rankdir=TB;\n  node [shape=box, fontname=\"sans-serif\"];\n", p.runbook);
+    let mut o = format!(
+        "digraph \"{}\" {{\n  rankdir=TB;\n  node [shape=box, fontname=\"sans-serif\"];\n",
+        p.runbook
+    );
     for s in p.steps.iter().chain(&p.finally) {
         let kind = s.kind.as_deref().unwrap_or("gate");
         let style = if s.irreversible {
@@ -61,8 +72,16 @@ pub fn dot(p: &Plan) -> String {
         } else {
             ""
         };
-        let shape = if kind == "approve" { ", shape=hexagon" } else { "" };
-        let _ = writeln!(o, "  \"{}\" [label=\"{}\\n{kind}\"{shape}{style}];", s.id, s.id);
+        let shape = if kind == "approve" {
+            ", shape=hexagon"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            o,
+            "  \"{}\" [label=\"{}\\n{kind}\"{shape}{style}];",
+            s.id, s.id
+        );
     }
     for s in p.steps.iter().chain(&p.finally) {
         for n in &s.needs {

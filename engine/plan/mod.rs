@@ -253,17 +253,25 @@ fn plan_context(c: &Compiled, params: &ParamValues) -> Value {
 pub fn build(c: &Compiled, params: &ParamValues) -> Result<Plan, Vec<Diagnostic>> {
     let renderer = Renderer::new(plan_context(c, params));
     let mut diags = Vec::new();
-    let level_of = |i: usize, levels: &[Vec<usize>]| levels.iter().position(|l| l.contains(&i)).map_or(0, |p| p + 1);
+    let level_of = |i: usize, levels: &[Vec<usize>]| {
+        levels
+            .iter()
+            .position(|l| l.contains(&i))
+            .map_or(0, |p| p + 1)
+    };
     let mut steps = Vec::new();
-    for &i in &c.order {
-        if let Some(s) = plan_step(c, i, level_of(i, &c.levels), &renderer, &mut diags) {
-            steps.push(s);
+    for level in &c.levels {
+        for &i in level {
+            if let Some(s) = plan_step(c, i, level_of(i, &c.levels), &renderer, &mut diags) {
+                steps.push(s);
+            }
         }
     }
     let mut finally = Vec::new();
     for level in &c.finally_levels {
         for &i in level {
-            if let Some(s) = plan_step(c, i, level_of(i, &c.finally_levels), &renderer, &mut diags) {
+            if let Some(s) = plan_step(c, i, level_of(i, &c.finally_levels), &renderer, &mut diags)
+            {
                 finally.push(s);
             }
         }
@@ -272,7 +280,18 @@ pub fn build(c: &Compiled, params: &ParamValues) -> Result<Plan, Vec<Diagnostic>
         .runbook
         .preflight
         .iter()
-        .filter_map(|ch| plan_check(ch, &CheckTiming { within: None, interval: crate::compile::DEFAULT_INTERVAL, timeout: crate::compile::DEFAULT_CHECK_TIMEOUT }, &renderer, &mut diags))
+        .filter_map(|ch| {
+            plan_check(
+                ch,
+                &CheckTiming {
+                    within: None,
+                    interval: crate::compile::DEFAULT_INTERVAL,
+                    timeout: crate::compile::DEFAULT_CHECK_TIMEOUT,
+                },
+                &renderer,
+                &mut diags,
+            )
+        })
         .collect();
     if !diags.is_empty() {
         return Err(diags);
@@ -282,7 +301,11 @@ pub fn build(c: &Compiled, params: &ParamValues) -> Result<Plan, Vec<Diagnostic>
     let shown_params = params
         .iter()
         .map(|(k, v)| {
-            let v = if secret.contains(&k.as_str()) { serde_json::Value::String("***".into()) } else { v.clone() };
+            let v = if secret.contains(&k.as_str()) {
+                serde_json::Value::String("***".into())
+            } else {
+                v.clone()
+            };
             (k.clone(), v)
         })
         .collect();
@@ -301,7 +324,11 @@ pub fn build(c: &Compiled, params: &ParamValues) -> Result<Plan, Vec<Diagnostic>
             crate::model::OnFailure::Rollback => "rollback".into(),
         },
         preflight,
-        levels: c.levels.iter().map(|l| l.iter().map(|&i| c.steps[i].id.clone()).collect()).collect(),
+        levels: c
+            .levels
+            .iter()
+            .map(|l| l.iter().map(|&i| c.steps[i].id.clone()).collect())
+            .collect(),
         steps,
         finally,
         summary,
@@ -309,19 +336,37 @@ pub fn build(c: &Compiled, params: &ParamValues) -> Result<Plan, Vec<Diagnostic>
 }
 
 fn lines(v: Vec<(String, String)>) -> Vec<Line> {
-    v.into_iter().map(|(label, value)| Line { label, value }).collect()
+    v.into_iter()
+        .map(|(label, value)| Line { label, value })
+        .collect()
 }
 
 fn render_diag(step: &Step, what: &str, e: &crate::template::RenderError) -> Diagnostic {
-    Diagnostic::new("render", format!("failed to render {what} of step `{}`: {}", step.id.value, crate::template::describe(&e.source)), step.id.span)
-        .with_help("check the params given and the filters used")
+    Diagnostic::new(
+        "render",
+        format!(
+            "failed to render {what} of step `{}`: {}",
+            step.id.value,
+            crate::template::describe(&e.source)
+        ),
+        step.id.span,
+    )
+    .with_help("check the params given and the filters used")
 }
 
-fn plan_action(action: &Action<'_>, r: &Renderer<'_>) -> Result<Vec<Line>, crate::template::RenderError> {
+fn plan_action(
+    action: &Action<'_>,
+    r: &Renderer<'_>,
+) -> Result<Vec<Line>, crate::template::RenderError> {
     action.kind().describe(r).map(lines)
 }
 
-fn plan_check(ch: &Check, t: &CheckTiming, r: &Renderer<'_>, diags: &mut Vec<Diagnostic>) -> Option<PlannedCheck> {
+fn plan_check(
+    ch: &Check,
+    t: &CheckTiming,
+    r: &Renderer<'_>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<PlannedCheck> {
     let action = kinds::check_actions(ch).into_iter().next()?;
     match plan_action(&action, r) {
         Ok(l) => Some(PlannedCheck {
@@ -333,7 +378,14 @@ fn plan_check(ch: &Check, t: &CheckTiming, r: &Renderer<'_>, diags: &mut Vec<Dia
             interval: t.within.map(|_| duration::format(t.interval)),
         }),
         Err(e) => {
-            diags.push(Diagnostic::new("render", format!("failed to render a check: {}", crate::template::describe(&e.source)), action.span()));
+            diags.push(Diagnostic::new(
+                "render",
+                format!(
+                    "failed to render a check: {}",
+                    crate::template::describe(&e.source)
+                ),
+                action.span(),
+            ));
             None
         }
     }
@@ -352,7 +404,9 @@ fn plan_retry(r: &RetryPolicy) -> PlannedRetry {
 }
 
 fn decide(when: &str, r: &Renderer<'_>) -> Decision {
-    let Ok(refs) = expression_references(when) else { return Decision::AtRunTime };
+    let Ok(refs) = expression_references(when) else {
+        return Decision::AtRunTime;
+    };
     if !refs.paths.iter().all(|p| p.starts_with("params")) {
         return Decision::AtRunTime;
     }
@@ -363,7 +417,17 @@ fn decide(when: &str, r: &Renderer<'_>) -> Decision {
     }
 }
 
-fn plan_step(c: &Compiled, i: usize, level: usize, r: &Renderer<'_>, diags: &mut Vec<Diagnostic>) -> Option<PlannedStep> {
+#[expect(
+    clippy::many_single_char_names,
+    reason = "c, i, r follow the compiler's conventions"
+)]
+fn plan_step(
+    c: &Compiled,
+    i: usize,
+    level: usize,
+    r: &Renderer<'_>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<PlannedStep> {
     let step = c.step(i);
     let cs = &c.steps[i];
     let action = kinds::step_actions(step).into_iter().next();
@@ -377,10 +441,23 @@ fn plan_step(c: &Compiled, i: usize, level: usize, r: &Renderer<'_>, diags: &mut
         },
         None => Vec::new(),
     };
-    let require = step.require.iter().zip(&cs.require).filter_map(|(ch, t)| plan_check(ch, t, r, diags)).collect();
-    let verify = step.verify.iter().zip(&cs.verify).filter_map(|(ch, t)| plan_check(ch, t, r, diags)).collect();
+    let require = step
+        .require
+        .iter()
+        .zip(&cs.require)
+        .filter_map(|(ch, t)| plan_check(ch, t, r, diags))
+        .collect();
+    let verify = step
+        .verify
+        .iter()
+        .zip(&cs.verify)
+        .filter_map(|(ch, t)| plan_check(ch, t, r, diags))
+        .collect();
     let compensate = match &step.compensate {
-        Some(comp) => match kinds::compensation_actions(&comp.value).first().map(|a| plan_action(a, r)) {
+        Some(comp) => match kinds::compensation_actions(&comp.value)
+            .first()
+            .map(|a| plan_action(a, r))
+        {
             Some(Ok(l)) => Some(l),
             Some(Err(e)) => {
                 diags.push(render_diag(step, "the compensation", &e));
@@ -415,7 +492,10 @@ fn plan_step(c: &Compiled, i: usize, level: usize, r: &Renderer<'_>, diags: &mut
         needs: cs.needs.iter().map(|&n| c.steps[n].id.clone()).collect(),
         kind: action.as_ref().map(|a| a.name().to_owned()),
         action: rendered,
-        guard: step.when.as_ref().map(|w| Guard { when: w.value.clone(), decision: decide(&w.value, r) }),
+        guard: step.when.as_ref().map(|w| Guard {
+            when: w.value.clone(),
+            decision: decide(&w.value, r),
+        }),
         require,
         assert: step.assert.as_ref().map(|a| a.value.clone()),
         verify,
@@ -437,45 +517,74 @@ fn summarize(c: &Compiled, steps: &[PlannedStep], finally: &[PlannedStep]) -> Su
     let finally_worst: Duration = c
         .finally_levels
         .iter()
-        .map(|l| l.iter().map(|&i| c.steps[i].worst_case()).max().unwrap_or_default())
+        .map(|l| {
+            l.iter()
+                .map(|&i| c.steps[i].worst_case())
+                .max()
+                .unwrap_or_default()
+        })
         .sum();
     let worst = main_worst + finally_worst;
     let mut warnings = Vec::new();
-    if let Some(rto) = c.rto {
-        if worst > rto {
-            warnings.push(format!(
+    if let Some(rto) = c.rto
+        && worst > rto
+    {
+        warnings.push(format!(
                 "worst case {} exceeds the RTO of {}: tighten timeouts/retries on the critical path or revisit the objective",
                 duration::format(worst),
                 duration::format(rto)
             ));
-        }
     }
-    if let Some(t) = c.timeout {
-        if worst > t {
-            warnings.push(format!(
+    if let Some(t) = c.timeout
+        && worst > t
+    {
+        warnings.push(format!(
                 "worst case {} exceeds the run timeout of {}: the run may be cancelled before it can finish",
                 duration::format(worst),
                 duration::format(t)
             ));
-        }
     }
-    let irreversible: Vec<String> = steps.iter().filter(|s| s.irreversible).map(|s| s.id.clone()).collect();
+    let irreversible: Vec<String> = steps
+        .iter()
+        .filter(|s| s.irreversible)
+        .map(|s| s.id.clone())
+        .collect();
     if c.runbook.unattended && !irreversible.is_empty() {
         warnings.push(format!(
             "unattended runbook with irreversible steps ({}): nobody approves them",
             irreversible.join(", ")
         ));
     }
-    for s in steps.iter().filter(|s| s.mutates && s.kind.is_some() && s.compensate.is_none() && c.runbook.on_failure == crate::model::OnFailure::Rollback && !s.irreversible) {
-        warnings.push(format!("mutating step `{}` has no `compensate`: a rollback cannot undo it", s.id));
+    for s in steps.iter().filter(|s| {
+        s.mutates
+            && s.kind.is_some()
+            && s.compensate.is_none()
+            && c.runbook.on_failure == crate::model::OnFailure::Rollback
+            && !s.irreversible
+    }) {
+        warnings.push(format!(
+            "mutating step `{}` has no `compensate`: a rollback cannot undo it",
+            s.id
+        ));
     }
     Summary {
         steps: steps.len(),
         finally_steps: finally.len(),
         mutating: steps.iter().chain(finally).filter(|s| s.mutates).count(),
         irreversible,
-        approvals: steps.iter().filter(|s| s.kind.as_deref() == Some("approve")).count(),
-        skipped_by_params: steps.iter().filter(|s| s.guard.as_ref().is_some_and(|g| g.decision == Decision::Skipped)).map(|s| s.id.clone()).collect(),
+        approvals: steps
+            .iter()
+            .filter(|s| s.kind.as_deref() == Some("approve"))
+            .count(),
+        skipped_by_params: steps
+            .iter()
+            .filter(|s| {
+                s.guard
+                    .as_ref()
+                    .is_some_and(|g| g.decision == Decision::Skipped)
+            })
+            .map(|s| s.id.clone())
+            .collect(),
         max_parallel_level: c.levels.iter().map(Vec::len).max().unwrap_or(0),
         max_parallel: c.max_parallel,
         critical_path: path.iter().map(|&i| c.steps[i].id.clone()).collect(),

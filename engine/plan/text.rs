@@ -11,21 +11,41 @@ pub fn text(p: &Plan) -> String {
     if let Some(d) = &p.description {
         let _ = writeln!(o, "  {}", d.trim());
     }
-    let _ = writeln!(o, "file:       {} (sha256 {})", p.file, &p.runbook_hash[..12.min(p.runbook_hash.len())]);
+    let _ = writeln!(
+        o,
+        "file:       {} (sha256 {})",
+        p.file,
+        &p.runbook_hash[..12.min(p.runbook_hash.len())]
+    );
     if !p.params.is_empty() {
-        let params: Vec<String> = p.params.iter().map(|(k, v)| format!("{k}={}", scalar(v))).collect();
+        let params: Vec<String> = p
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k}={}", scalar(v)))
+            .collect();
         let _ = writeln!(o, "params:     {}", params.join(", "));
     }
     let objectives = match (&p.rto, &p.rpo) {
         (None, None) => "none".to_owned(),
-        (rto, rpo) => [rto.as_ref().map(|r| format!("RTO {r}")), rpo.as_ref().map(|r| format!("RPO {r}"))]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(", "),
+        (rto, rpo) => [
+            rto.as_ref().map(|r| format!("RTO {r}")),
+            rpo.as_ref().map(|r| format!("RPO {r}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", "),
     };
     let _ = writeln!(o, "objectives: {objectives}");
-    let _ = writeln!(o, "on failure: {}", if p.on_failure == "rollback" { "roll back (compensate completed steps in reverse order)" } else { "stop" });
+    let _ = writeln!(
+        o,
+        "on failure: {}",
+        if p.on_failure == "rollback" {
+            "roll back (compensate completed steps in reverse order)"
+        } else {
+            "stop"
+        }
+    );
     if !p.preflight.is_empty() {
         let _ = writeln!(o, "\nPreflight (before any step)");
         for c in &p.preflight {
@@ -37,7 +57,11 @@ pub fn text(p: &Plan) -> String {
         if s.level != level {
             level = s.level;
             let n = p.levels.get(level - 1).map_or(1, Vec::len);
-            let par = if n > 1 { format!(" — {n} steps in parallel") } else { String::new() };
+            let par = if n > 1 {
+                format!(" — {n} steps in parallel")
+            } else {
+                String::new()
+            };
             let _ = writeln!(o, "\nLevel {level}{par}");
         }
         step(&mut o, s);
@@ -53,17 +77,37 @@ pub fn text(p: &Plan) -> String {
     let _ = writeln!(
         o,
         "  steps:          {} (+{} finally), {} mutating, {} irreversible, {} approvals",
-        sm.steps, sm.finally_steps, sm.mutating, sm.irreversible.len(), sm.approvals
+        sm.steps,
+        sm.finally_steps,
+        sm.mutating,
+        sm.irreversible.len(),
+        sm.approvals
     );
     if !sm.irreversible.is_empty() {
         let _ = writeln!(o, "  no return:      {}", sm.irreversible.join(", "));
     }
     if !sm.skipped_by_params.is_empty() {
-        let _ = writeln!(o, "  skipped:        {} (guards false for these params)", sm.skipped_by_params.join(", "));
+        let _ = writeln!(
+            o,
+            "  skipped:        {} (guards false for these params)",
+            sm.skipped_by_params.join(", ")
+        );
     }
-    let _ = writeln!(o, "  parallelism:    up to {} at once (widest level {})", sm.max_parallel, sm.max_parallel_level);
+    let _ = writeln!(
+        o,
+        "  parallelism:    up to {} at once (widest level {})",
+        sm.max_parallel, sm.max_parallel_level
+    );
     let _ = writeln!(o, "  critical path:  {}", sm.critical_path.join(" → "));
-    let _ = writeln!(o, "  worst case:     {}{}", sm.worst_case, p.rto.as_ref().map(|r| format!(" (RTO {r})")).unwrap_or_default());
+    let _ = writeln!(
+        o,
+        "  worst case:     {}{}",
+        sm.worst_case,
+        p.rto
+            .as_ref()
+            .map(|r| format!(" (RTO {r})"))
+            .unwrap_or_default()
+    );
     for w in &sm.warnings {
         let _ = writeln!(o, "  ⚠ {w}");
     }
@@ -94,8 +138,18 @@ fn step(o: &mut String, s: &PlannedStep) {
     if s.continue_on_failure {
         tags.push("continue on failure".to_owned());
     }
-    let marker = if s.irreversible { "◆" } else if s.mutates { "●" } else { "○" };
-    let name = s.name.as_ref().map(|n| format!(" — {n}")).unwrap_or_default();
+    let marker = if s.irreversible {
+        "◆"
+    } else if s.mutates {
+        "●"
+    } else {
+        "○"
+    };
+    let name = s
+        .name
+        .as_ref()
+        .map(|n| format!(" — {n}"))
+        .unwrap_or_default();
     let _ = writeln!(o, "  {marker} {}{name}  [{}]", s.id, tags.join(", "));
     if !s.needs.is_empty() {
         let _ = writeln!(o, "      needs:    {}", s.needs.join(", "));

@@ -1,0 +1,30 @@
+# Recipes for working on runbook. `just ci` is exactly what CI runs.
+
+# List the recipes.
+default:
+    @just --list
+
+# Run the whole test suite (installs what the tests need when missing).
+test:
+    ./scripts/test
+
+# What CI runs.
+ci:
+    bash .ci/run
+
+# Format, lint (clippy pedantic, warnings are errors) and check the schema is up to date.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --all-targets --locked -- -D warnings
+
+# Regenerate the checked-in JSON Schemas from the Rust types.
+schemas:
+    cargo run --quiet -- schema > schemas/runbook.schema.json
+
+# Run the self-contained example end to end.
+demo:
+    cargo run --quiet -- exec runbooks/example.yaml --yes
+
+# Benchmarks: plan of a 10,000-step runbook; a 1,000-step chain against a shell script.
+bench:
+    cargo bench --bench plan_10k --bench exec_chain
