@@ -18,9 +18,64 @@ pub struct Cli {
     /// Diagnostics format: `human` (source snippets) or `short` (<file:line:col>: message).
     #[arg(long, global = true, value_enum, default_value_t = MessageFormat::Human)]
     pub message_format: MessageFormat,
+    /// Where runs, journals, locks and the audit log live (default: `$RUNBOOK_STATE_DIR`, else
+    /// `$XDG_STATE_HOME/runbook`, else `~/.local/state/runbook`).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Options shared by `exec`, `resume` and `retry`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Run at most this many steps at once (overrides the runbook's `max_parallel`).
+    #[arg(long, value_name = "N")]
+    pub max_parallel: Option<usize>,
+    /// Pre-approve every approval step (recorded as approved via --yes).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Name recorded for approvals given by this process (default: the OS user).
+    #[arg(long, value_name = "NAME")]
+    pub approver: Option<String>,
+    /// Progress output (default: tty on a terminal, plain otherwise).
+    #[arg(long, value_enum)]
+    pub output: Option<crate::exec::OutputMode>,
+    /// Take over the lock of a run whose process is dead on this host (recorded in the audit log).
+    #[arg(long)]
+    pub break_lock: bool,
+}
+
+/// Who approves or denies from the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApprovalArgs {
+    /// The run.
+    pub run_id: String,
+    /// The approval step.
+    pub step: String,
+    /// Approver name (default: the OS user).
+    #[arg(long = "as", value_name = "NAME")]
+    pub approver: Option<String>,
+    /// A note kept with the decision.
+    #[arg(long)]
+    pub comment: Option<String>,
+}
+
+/// `runbook audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the whole hash chain; name the first bad entry (exit 7 on tampering).
+    Verify,
+    /// Print audit entries as JSON lines (for a SIEM).
+    Export {
+        /// Only this run.
+        #[arg(long, value_name = "RUN_ID")]
+        run: Option<String>,
+        /// Only entries at or after this time (ms since the epoch, or `YYYY-MM-DD`).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+    },
 }
 
 /// How diagnostics are printed.
@@ -94,18 +149,77 @@ pub enum Command {
         /// Execute a plan saved by `runbook plan --out`; refuses if the runbook or params changed.
         #[arg(long, value_name = "PLAN")]
         plan: Option<PathBuf>,
-        /// Run at most this many steps at once (overrides the runbook's `max_parallel`).
-        #[arg(long, value_name = "N")]
-        max_parallel: Option<usize>,
-        /// Pre-approve every approval step (recorded as approved via --yes).
-        #[arg(long, short = 'y')]
-        yes: bool,
-        /// Name recorded for approvals given by this process (default: the OS user).
-        #[arg(long, value_name = "NAME")]
-        approver: Option<String>,
-        /// Progress output (default: tty on a terminal, plain otherwise).
-        #[arg(long, value_enum)]
-        output: Option<crate::exec::OutputMode>,
+        /// Run options.
+        #[command(flatten)]
+        run: RunArgs,
+        /// Do not journal: no resume, no audit entries (for benchmarks and throwaway runs).
+        #[arg(long)]
+        no_journal: bool,
+    },
+    /// Continue a run that crashed, was cancelled or failed, exactly where it stopped.
+    Resume {
+        /// The run (or a unique prefix of its id).
+        run_id: String,
+        /// Re-run this step although it was in flight when the run stopped (repeatable).
+        #[arg(long, value_name = "STEP")]
+        rerun: Vec<String>,
+        /// Treat this in-flight step as done without running it (repeatable).
+        #[arg(long, value_name = "STEP")]
+        skip: Vec<String>,
+        /// Resume although the runbook file changed since the run started (recorded).
+        #[arg(long)]
+        allow_changed: bool,
+        /// Secret params again (they are never stored).
+        #[command(flatten)]
+        params: ParamArgs,
+        /// Run options.
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Re-run a step of a finished run, and everything downstream of it.
+    Retry {
+        /// The run.
+        run_id: String,
+        /// The step to start again from.
+        #[arg(long, value_name = "STEP")]
+        from: String,
+        /// Resume although the runbook file changed since the run started (recorded).
+        #[arg(long)]
+        allow_changed: bool,
+        /// Secret params again (they are never stored).
+        #[command(flatten)]
+        params: ParamArgs,
+        /// Run options.
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// List runs, newest first.
+    Runs {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// The timeline of a run: steps, attempts, durations, gate results, approvals.
+    Show {
+        /// The run.
+        run_id: String,
+    },
+    /// Captured output of a run (masked), optionally of one step.
+    Logs {
+        /// The run.
+        run_id: String,
+        /// Only this step.
+        step: Option<String>,
+    },
+    /// Approve a waiting approval step from another shell.
+    Approve(ApprovalArgs),
+    /// Deny a waiting approval step from another shell.
+    Deny(ApprovalArgs),
+    /// The tamper-evident audit log.
+    Audit {
+        /// What to do.
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Print the JSON Schema of runbook files.
     Schema,
@@ -145,20 +259,73 @@ pub fn run(cli: Cli) -> u8 {
             file,
             params,
             plan,
-            max_parallel,
-            yes,
-            approver,
-            output,
-        } => exec_cmd(
+            run,
+            no_journal,
+        } => {
+            let journal = if no_journal {
+                Journal::Off
+            } else {
+                Journal::At(cli.state_dir.clone())
+            };
+            exec_cmd(
+                out,
+                file.as_deref(),
+                &params,
+                plan.as_deref(),
+                &run,
+                journal,
+            )
+        }
+        Command::Resume {
+            run_id,
+            rerun,
+            skip,
+            allow_changed,
+            params,
+            run,
+        } => {
+            let mut decisions = std::collections::BTreeMap::new();
+            for s in rerun {
+                decisions.insert(s, crate::exec::Decision::Rerun);
+            }
+            for s in skip {
+                decisions.insert(s, crate::exec::Decision::Skip);
+            }
+            crate::cli_state::resume(
+                out,
+                cli.state_dir.clone(),
+                &run_id,
+                decisions,
+                None,
+                allow_changed,
+                &params,
+                &run,
+            )
+        }
+        Command::Retry {
+            run_id,
+            from,
+            allow_changed,
+            params,
+            run,
+        } => crate::cli_state::resume(
             out,
-            file.as_deref(),
+            cli.state_dir.clone(),
+            &run_id,
+            std::collections::BTreeMap::new(),
+            Some(from),
+            allow_changed,
             &params,
-            plan.as_deref(),
-            max_parallel,
-            yes,
-            approver,
-            output,
+            &run,
         ),
+        Command::Runs { limit } => crate::cli_state::runs(cli.state_dir.clone(), limit),
+        Command::Show { run_id } => crate::cli_state::show(cli.state_dir.clone(), &run_id),
+        Command::Logs { run_id, step } => {
+            crate::cli_state::logs(cli.state_dir.clone(), &run_id, step.as_deref())
+        }
+        Command::Approve(a) => crate::cli_state::decide(cli.state_dir.clone(), &a, true),
+        Command::Deny(a) => crate::cli_state::decide(cli.state_dir.clone(), &a, false),
+        Command::Audit { command } => crate::cli_state::audit(cli.state_dir.clone(), &command),
         Command::Schema => {
             print!("{}", crate::schema::runbook_schema());
             exit::SUCCESS
@@ -295,19 +462,21 @@ fn plan_cmd(
     exit::SUCCESS
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one argument per command-line option"
-)]
+/// Whether (and where) a run is journaled.
+enum Journal {
+    /// In the state directory (`None`: the default one).
+    At(Option<PathBuf>),
+    /// Not at all (`--no-journal`).
+    Off,
+}
+
 fn exec_cmd(
     out: Output,
     file: Option<&Path>,
     args: &ParamArgs,
     plan_file: Option<&Path>,
-    max_parallel: Option<usize>,
-    yes: bool,
-    approver: Option<String>,
-    output: Option<crate::exec::OutputMode>,
+    run: &RunArgs,
+    journal: Journal,
 ) -> u8 {
     let (compiled, values) = if let Some(pf) = plan_file {
         match load_plan(out, pf, file, args) {
@@ -323,7 +492,25 @@ fn exec_cmd(
             Err(code) => return code,
         }
     };
-    let unsupported = crate::exec::unsupported_steps(&compiled);
+    let store = match journal {
+        Journal::At(dir) => match crate::cli_state::open_store(dir) {
+            Ok(s) => Some(s),
+            Err(code) => return code,
+        },
+        Journal::Off => None,
+    };
+    launch(&compiled, &values, run, store, None)
+}
+
+/// Start (or continue) a run and map its outcome to an exit code.
+pub(crate) fn launch(
+    compiled: &Compiled,
+    values: &ParamValues,
+    run: &RunArgs,
+    store: Option<std::sync::Arc<dyn crate::state::Store>>,
+    resume: Option<(crate::state::RunRecord, crate::exec::ResumeFrom)>,
+) -> u8 {
+    let unsupported = crate::exec::unsupported_steps(compiled);
     if !unsupported.is_empty() {
         eprintln!(
             "error: failed to start: this version of runbook cannot execute {}\n  help: `plan` and `validate` support every kind; execution of k8s, sql and prometheus arrives in later versions",
@@ -331,28 +518,36 @@ fn exec_cmd(
         );
         return exit::INVALID;
     }
-    if max_parallel == Some(0) {
+    if run.max_parallel == Some(0) {
         eprintln!("error: --max-parallel must be at least 1");
         return exit::INVALID;
     }
     let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-    let output = output.unwrap_or(if std::io::stderr().is_terminal() {
+    let output = run.output.unwrap_or(if std::io::stderr().is_terminal() {
         crate::exec::OutputMode::Tty
     } else {
         crate::exec::OutputMode::Plain
     });
     let options = crate::exec::Options {
-        max_parallel,
-        yes,
-        approver,
+        max_parallel: run.max_parallel,
+        yes: run.yes,
+        approver: run.approver.clone(),
         interactive,
         output,
     };
-    match crate::exec::execute(&compiled, &values, &options) {
+    let launch = crate::exec::Launch {
+        compiled,
+        params: values,
+        options: &options,
+        store,
+        resume,
+        break_lock: run.break_lock,
+    };
+    match crate::exec::execute(&launch) {
         Ok(outcome) => outcome.status.exit_code(),
         Err(e) => {
             eprintln!("error: {e}");
-            exit::INVALID
+            e.exit_code()
         }
     }
 }

@@ -5,6 +5,7 @@
 //! [`plan`] (render for review) → exec → state and audit.
 
 pub mod cli;
+mod cli_state;
 pub mod clock;
 pub mod compile;
 pub mod diagnostic;

@@ -23,6 +23,10 @@ pub fn parse(file: &SourceFile) -> Result<Runbook, Vec<Diagnostic>> {
 ///
 /// # Errors
 /// The first structural problem.
+#[allow(
+    clippy::result_large_err,
+    reason = "a diagnostic is the error of every phase"
+)]
 pub fn parse_as<T: serde::de::DeserializeOwned>(
     file: &SourceFile,
     text: &str,
@@ -157,10 +161,10 @@ fn convert(file: &SourceFile, text: &str, err: &serde_saphyr::Error) -> Diagnost
     relocate(text, &mut d);
     // `text` may be the file with parts blanked out: same byte offsets, but a blanked multi-byte
     // character is several spaces, so columns are counted in the file itself.
-    if let Some(o) = d.span.and_then(|s| s.offset) {
-        if file.text.is_char_boundary(o) {
-            d.span = Some(span_at(&file.text, o));
-        }
+    if let Some(o) = d.span.and_then(|s| s.offset)
+        && file.text.is_char_boundary(o)
+    {
+        d.span = Some(span_at(&file.text, o));
     }
     d
 }
@@ -272,7 +276,7 @@ fn relocate(text: &str, d: &mut Diagnostic) {
         "yaml-syntax" if d.message.contains("tab") => {
             if let Some(tab) = indentation_tab(text, at) {
                 d.span = Some(span_at(text, tab));
-                d.message = "tab character in indentation".to_owned();
+                "tab character in indentation".clone_into(&mut d.message);
                 d.help =
                     Some("YAML indents with spaces only; replace the tab with spaces".to_owned());
             }

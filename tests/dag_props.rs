@@ -2,6 +2,7 @@
 //! levels respect every edge; one back edge makes a cycle, reported with a path of real edges.
 
 use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write;
 use std::path::Path;
 
 use proptest::prelude::*;
@@ -44,10 +45,10 @@ fn written_need(from: usize, to: usize) -> String {
 fn render(dag: &Dag) -> String {
     let mut out = String::from("runbook: random-dag\nsteps:\n");
     for &i in &dag.file_order {
-        out.push_str(&format!("  - id: {}\n", id(i)));
+        let _ = writeln!(out, "  - id: {}", id(i));
         if !dag.needs[i].is_empty() {
             let needs: Vec<String> = dag.needs[i].iter().map(|&j| written_need(i, j)).collect();
-            out.push_str(&format!("    needs: [{}]\n", needs.join(", ")));
+            let _ = writeln!(out, "    needs: [{}]", needs.join(", "));
         }
         out.push_str("    run: \"true\"\n");
     }

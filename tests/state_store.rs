@@ -125,6 +125,8 @@ fn first_bad(store: &SqliteStore) -> Option<(i64, String)> {
 fn create_finish_and_list_runs() {
     let dir = TempDir::new("runs");
     let store = SqliteStore::open(dir.path()).expect("open");
+    // The engine holds the store as a trait object, so a PostgreSQL backend can slot in.
+    let store: &dyn Store = &store;
     let first = store
         .create_run(&new_run("20240501-120000-aaaaaa"))
         .expect("create");
@@ -784,5 +786,15 @@ fn timing_report() {
     println!(
         "audit_verify: {} entries in {elapsed:?} = {rate:.0} entries/s",
         report.entries
+    );
+
+    drop(store);
+    let size = std::fs::metadata(dir.db()).map_or(0, |m| m.len());
+    let start = Instant::now();
+    let _store = SqliteStore::open(dir.path()).expect("reopen");
+    println!(
+        "open (quick_check) of a {} KiB database: {:?}",
+        size / 1024,
+        start.elapsed()
     );
 }

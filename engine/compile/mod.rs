@@ -589,7 +589,7 @@ fn compile_step(
                         step.id.value,
                         acts.len()
                     ),
-                    c.span,
+                    key_span(text, c.span),
                 )
                 .with_help("write one of: run, http, k8s, sql"),
             );

@@ -94,19 +94,22 @@ pub async fn request(
     let mut approvers: Vec<String> = decisions.iter().map(|d| d.approver.clone()).collect();
     approvers.sort();
     approvers.dedup();
-    let have = u32::try_from(approvers.len()).unwrap_or(u32::MAX);
-    if have < needed {
-        return Err(ActionError::Denied(if opts.interactive || opts.yes {
-            format!(
-                "step needs {needed} distinct approvers and has {have}; more approvals must be given with `runbook approve` (needs the state store)"
-            )
-        } else {
-            "no terminal to ask for approval: pass --yes to pre-approve, or run on a terminal"
-                .to_owned()
-        }));
+    if u32::try_from(approvers.len()).unwrap_or(u32::MAX) < needed {
+        let Some(store) = shared.store.clone() else {
+            return Err(ActionError::Denied(if opts.interactive || opts.yes {
+                format!(
+                    "step needs {needed} distinct approvers and has {}; further approvals come through the journal, which this run does not keep (--no-journal)",
+                    approvers.len()
+                )
+            } else {
+                "no terminal to ask for approval: pass --yes to pre-approve, or run on a terminal"
+                    .to_owned()
+            }));
+        };
+        wait_for_store(ctx, store.as_ref(), &allowed, needed, &mut approvers).await?;
     }
     Ok(ActionResult {
-        value: serde_json::json!({ "approved": true, "approvers": approvers, "via": decisions.iter().map(|d| d.via).collect::<Vec<_>>() }),
+        value: serde_json::json!({ "approved": true, "approvers": approvers }),
         ok: true,
         summary: format!("approved by {}", approvers.join(", ")),
         exit_code: None,
@@ -137,5 +140,72 @@ async fn ask(ctx: &ActionCtx, prompt: &str) -> Result<String, ActionError> {
         r = task => r.map_err(|e| ActionError::Failed(format!("failed to read the answer: {e}"))),
         () = tokio::time::sleep(ctx.timeout()) => Err(ActionError::Denied(format!("nobody answered within {}", crate::duration::format(ctx.timeout())))),
         () = cancel.wait() => Err(ActionError::Cancelled),
+    }
+}
+
+/// Wait for approvals given from other shells (`runbook approve RUN STEP`) until the quorum is
+/// met, someone denies, or the step's timeout passes. Only decisions made after the request
+/// count: a denial from an earlier attempt does not deny a re-request.
+async fn wait_for_store(
+    ctx: &ActionCtx,
+    store: &dyn crate::state::Store,
+    allowed: &(dyn Fn(&str) -> Result<(), String> + Sync),
+    needed: u32,
+    approvers: &mut Vec<String>,
+) -> Result<(), ActionError> {
+    let shared = ctx.shared();
+    let since = crate::clock::now_ms();
+    let deadline = tokio::time::Instant::now() + ctx.timeout();
+    let mut seen = 0usize;
+    eprintln!(
+        "waiting for approval of step `{}` ({}/{needed}): run `runbook approve {} {}` (or `runbook deny …`) from another shell",
+        ctx.step(),
+        approvers.len(),
+        shared.run_id,
+        ctx.step()
+    );
+    loop {
+        let records = store
+            .approvals(&shared.run_id, ctx.step())
+            .map_err(|e| ActionError::Failed(format!("failed to read approvals: {e}")))?;
+        let fresh: Vec<_> = records.into_iter().filter(|r| r.at_ms >= since).collect();
+        for r in fresh.iter().skip(seen) {
+            shared.emit(&Event::Approval {
+                step: ctx.step().to_owned(),
+                approver: r.approver.clone(),
+                decision: if r.decision {
+                    "approved".to_owned()
+                } else {
+                    "denied".to_owned()
+                },
+                via: r.via.clone(),
+            });
+            if !r.decision {
+                return Err(ActionError::Denied(format!(
+                    "approval denied by {} ({})",
+                    r.approver, r.via
+                )));
+            }
+            match allowed(&r.approver) {
+                Ok(()) => {
+                    if !approvers.contains(&r.approver) {
+                        approvers.push(r.approver.clone());
+                    }
+                }
+                Err(why) => eprintln!("approval by {} ignored: {why}", r.approver),
+            }
+        }
+        seen = fresh.len();
+        if u32::try_from(approvers.len()).unwrap_or(u32::MAX) >= needed {
+            return Ok(());
+        }
+        let mut cancel = ctx.cancelled();
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(ActionError::Denied(format!("nobody approved within {} ({} of {needed} approvals)", crate::duration::format(ctx.timeout()), approvers.len())));
+            }
+            () = cancel.wait() => return Err(ActionError::Cancelled),
+        }
     }
 }

@@ -36,6 +36,12 @@ pub struct Shared {
     cancel_tx: watch::Sender<bool>,
     /// Why the run was cancelled, once it was.
     pub cancel_reason: Mutex<Option<String>>,
+    /// The journal, when the run is durable (approvals from other shells arrive through it).
+    pub store: Option<Arc<dyn crate::state::Store>>,
+    /// Fencing token of the run's lock (`run.lock_token`).
+    lock_token: std::sync::atomic::AtomicI64,
+    /// Whether this process continues an earlier run.
+    resumed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -58,6 +64,7 @@ impl Shared {
         secrets: &[(String, String)],
         options: Options,
         reporter: Box<dyn Reporter>,
+        store: Option<Arc<dyn crate::state::Store>>,
     ) -> Result<Arc<Self>, String> {
         let mut secret_values: Vec<String> = secrets.iter().map(|(_, v)| v.clone()).collect();
         // A secret interpolated into a command is shell-quoted, which splits it around `'`:
@@ -91,12 +98,40 @@ impl Shared {
             http,
             cancel_tx,
             cancel_reason: Mutex::new(None),
+            store,
+            lock_token: std::sync::atomic::AtomicI64::new(0),
+            resumed: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Record the fencing token of the lock this run holds.
+    pub fn set_lock_token(&self, token: i64) {
+        self.lock_token
+            .store(token, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The fencing token of the lock this run holds (0 without a journal).
+    pub fn lock_token(&self) -> i64 {
+        self.lock_token.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Mark the run as resumed (no second `run_started`).
+    pub fn mark_resumed(&self) {
+        self.resumed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether this process continues an earlier run.
+    pub fn is_resumed(&self) -> bool {
+        self.resumed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Emit an event now.
     pub fn emit(&self, event: &Event) {
         self.reporter.emit(crate::clock::now_ms(), event);
+        if !self.reporter.healthy() {
+            self.cancel("the journal could not be written");
+        }
     }
 
     /// Cancel the run: running actions are killed, nothing new starts, `finally` still runs.
@@ -253,7 +288,7 @@ impl TemplateState {
         run.insert("status".to_owned(), Value::from("running"));
         run.insert("user".to_owned(), Value::from(shared.user.clone()));
         run.insert("host".to_owned(), Value::from(shared.host.clone()));
-        run.insert("lock_token".to_owned(), Value::from(0));
+        run.insert("lock_token".to_owned(), Value::from(shared.lock_token()));
         run.insert(
             "dir".to_owned(),
             Value::from(

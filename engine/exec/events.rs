@@ -88,6 +88,8 @@ pub enum Event {
         step: String,
         /// Why.
         reason: String,
+        /// Whether its own guard skipped it (a resumed run keeps such skips).
+        by_guard: bool,
     },
     /// A step succeeded (action done, gates passed).
     StepSucceeded {
@@ -99,6 +101,10 @@ pub enum Event {
         attempts: u32,
         /// One-line result.
         summary: String,
+        /// `result` (masked), kept so a resumed run can feed later templates.
+        result: serde_json::Value,
+        /// `outputs`.
+        outputs: serde_json::Map<String, serde_json::Value>,
     },
     /// A step failed.
     StepFailed {
@@ -156,6 +162,17 @@ pub enum Event {
         /// What happened.
         detail: String,
     },
+    /// A stopped run continues: what was done is kept, decisions about in-flight steps recorded.
+    Resumed {
+        /// Run id.
+        run_id: String,
+        /// Steps already done (kept, not re-run).
+        done: Vec<String>,
+        /// What happens to each step that was in flight, and why.
+        decisions: Vec<serde_json::Value>,
+        /// Whether the runbook changed since the run started (`--allow-changed`).
+        changed: bool,
+    },
     /// The run ended.
     RunFinished {
         /// Final status.
@@ -192,6 +209,10 @@ impl Event {
 pub trait Reporter: Send + Sync {
     /// Handle one event (`ts_ms` is when it happened).
     fn emit(&self, ts_ms: i64, event: &Event);
+    /// Whether the reporter still works; a journal that cannot write stops the run.
+    fn healthy(&self) -> bool {
+        true
+    }
     /// Run `f` with the terminal free for a prompt (progress bars hidden).
     fn suspend(&self, f: &mut dyn FnMut()) {
         f();

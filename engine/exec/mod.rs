@@ -4,7 +4,9 @@
 pub mod approval;
 mod context;
 mod events;
+mod journal;
 mod report;
+mod resume;
 mod scheduler;
 mod step;
 
@@ -19,6 +21,7 @@ use crate::compile::{Compiled, ParamValues};
 pub use context::{ActionCtx, CancelWait, Shared};
 pub use events::{Event, Reporter, Stream};
 pub use report::{OutputMode, reporter_for};
+pub use resume::{Decision, ResumeFrom};
 pub use scheduler::call;
 
 /// What one performance of an action produced.
@@ -170,61 +173,249 @@ pub fn unsupported_steps(c: &Compiled) -> Vec<String> {
     out
 }
 
+/// Why a run could not start (or continue); nothing was done.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// A secret could not be resolved.
+    #[error("{0}")]
+    Secret(String),
+    /// The async runtime or HTTP client could not start.
+    #[error("{0}")]
+    Setup(String),
+    /// The state store failed.
+    #[error("failed to use the state store: {0}")]
+    State(#[from] crate::state::StateError),
+    /// Another run holds the lock.
+    #[error("failed to acquire lock `{name}`: held by run {} ({}@{}, pid {}) since {}{}", .holder.run_id, .holder.user, .holder.host, .holder.pid, crate::clock::rfc3339(*.since_ms), if *.holder_dead { " — that process is gone: --break-lock takes the lock over (recorded in the audit log)" } else { " — it is still running" })]
+    LockHeld {
+        /// Lock name.
+        name: String,
+        /// Who holds it.
+        holder: Box<crate::state::LockHolder>,
+        /// Since when.
+        since_ms: i64,
+        /// Whether the holder process is gone (so `--break-lock` is allowed).
+        holder_dead: bool,
+    },
+    /// Steps were in flight when the run stopped and nobody decided what to do with them.
+    #[error("failed to resume: {}", .0.join("; "))]
+    NeedsDecision(Vec<String>),
+}
+
+impl ExecError {
+    /// The documented exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ExecError::Secret(_) => crate::exit::INVALID,
+            ExecError::Setup(_) => crate::exit::INTERNAL,
+            ExecError::State(_) | ExecError::LockHeld { .. } | ExecError::NeedsDecision(_) => {
+                crate::exit::STATE
+            }
+        }
+    }
+}
+
+/// Everything a run needs to start.
+pub struct Launch<'a> {
+    /// The runbook.
+    pub compiled: &'a Compiled,
+    /// Its params.
+    pub params: &'a ParamValues,
+    /// Operator options.
+    pub options: &'a Options,
+    /// The journal; `None` runs without durability (no resume, no audit).
+    pub store: Option<Arc<dyn crate::state::Store>>,
+    /// Continue an existing run instead of starting one.
+    pub resume: Option<(crate::state::RunRecord, ResumeFrom)>,
+    /// Break a lock whose holder process is dead on this host.
+    pub break_lock: bool,
+}
+
 /// Run a compiled runbook to completion on a new tokio runtime.
 ///
 /// # Errors
-/// When the runtime cannot start or a secret cannot be resolved (nothing ran).
-pub fn execute(c: &Compiled, params: &ParamValues, options: &Options) -> Result<Outcome, String> {
-    let secrets = resolve_secrets(c)?;
+/// When the run cannot start (secrets, lock, state, undecided in-flight steps); nothing ran.
+pub fn execute(launch: &Launch<'_>) -> Result<Outcome, ExecError> {
+    let c = launch.compiled;
+    let secrets = resolve_secrets(c).map_err(ExecError::Secret)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("failed to start the async runtime: {e}"))?;
-    let run_id = new_run_id();
-    let reporter = reporter_for(options.output);
+        .map_err(|e| ExecError::Setup(format!("failed to start the async runtime: {e}")))?;
+    let run_id = launch
+        .resume
+        .as_ref()
+        .map_or_else(crate::state::new_run_id, |(r, _)| r.id.clone());
+    let user = current_user();
+    let host = current_host();
+    let display = reporter_for(launch.options.output);
+    let shown_params = crate::plan::shown_params(c, launch.params);
+
+    // Lock and run record come first: if either fails, nothing has happened.
+    let mut lock = None;
+    let reporter: Box<dyn Reporter> = match &launch.store {
+        Some(store) => {
+            let name = lock_name(c, launch.params);
+            let holder = crate::state::LockHolder {
+                run_id: run_id.clone(),
+                user: user.clone(),
+                host: host.clone(),
+                pid: std::process::id(),
+            };
+            let grant = acquire(
+                store.as_ref(),
+                &name,
+                &holder,
+                launch.break_lock,
+                &user,
+                &host,
+            )?;
+            lock = Some((name, grant.token));
+            let created = if launch.resume.is_none() {
+                store
+                    .create_run(&crate::state::NewRun {
+                        id: run_id.clone(),
+                        runbook: c.runbook.runbook.value.clone(),
+                        file: c.path.display().to_string(),
+                        runbook_hash: c.hash.clone(),
+                        params: shown_params.clone(),
+                        user: user.clone(),
+                        host: host.clone(),
+                        pid: std::process::id(),
+                        parent_run: None,
+                    })
+                    .map(|_| ())
+            } else {
+                store.set_status(&run_id, crate::state::RunStatus::Running)
+            };
+            if let Err(e) = created {
+                if let Some((name, _)) = &lock {
+                    let _ = store.release_lock(name, &run_id);
+                }
+                return Err(e.into());
+            }
+            Box::new(journal::JournalReporter::new(
+                store.clone(),
+                run_id.clone(),
+                user.clone(),
+                host.clone(),
+                display,
+            ))
+        }
+        None => display,
+    };
     let shared = Shared::new(
         run_id.clone(),
         c,
-        params,
+        launch.params,
         &secrets,
-        options.clone(),
+        launch.options.clone(),
         reporter,
-    )?;
-    let status = rt.block_on(async {
+        launch.store.clone(),
+    )
+    .map_err(ExecError::Setup)?;
+    if let Some((_, token)) = &lock {
+        shared.set_lock_token(*token);
+    }
+    let compiled = Arc::new(c.clone());
+    let result = rt.block_on(async {
         let s = shared.clone();
         let signals = tokio::spawn(async move { context::cancel_on_signals(s).await });
+        let prior = match &launch.resume {
+            Some((_, from)) => {
+                match scheduler::prepare_resume(&shared, &compiled, launch.params, from).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        signals.abort();
+                        return Err(e);
+                    }
+                }
+            }
+            None => std::collections::BTreeMap::new(),
+        };
         let status = scheduler::run(
             shared.clone(),
-            Arc::new(c.clone()),
-            params.clone(),
+            compiled.clone(),
+            launch.params.clone(),
             Vec::new(),
+            prior,
         )
         .await;
         signals.abort();
-        status
+        Ok(status)
     });
+    if let (Some(store), Some((name, _))) = (&launch.store, &lock) {
+        let _ = store.release_lock(name, &run_id);
+    }
+    let status = result?;
     Ok(Outcome { run_id, status })
 }
 
-/// A time-sortable, unique-enough run id: `20261125-170405-3f9a`.
-pub fn new_run_id() -> String {
-    let ms = crate::clock::now_ms();
-    let stamp = crate::clock::rfc3339(ms);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let mix = (u64::from(nanos) ^ (u64::from(std::process::id()) << 16))
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    format!(
-        "{}{}{}-{}{}{}-{:04x}",
-        &stamp[0..4],
-        &stamp[5..7],
-        &stamp[8..10],
-        &stamp[11..13],
-        &stamp[14..16],
-        &stamp[17..19],
-        (mix >> 48) & 0xffff
-    )
+/// The lock a run holds: the runbook's `lock` template rendered with its params, else its name.
+pub fn lock_name(c: &Compiled, params: &ParamValues) -> String {
+    let name = c.runbook.runbook.value.clone();
+    let Some(t) = &c.runbook.lock else {
+        return name;
+    };
+    let r = crate::template::Renderer::new(
+        minijinja::context! { params => minijinja::Value::from(minijinja::value::Serde(params)) },
+    );
+    r.render(&t.value, crate::template::Escape::None)
+        .unwrap_or(name)
+}
+
+fn acquire(
+    store: &dyn crate::state::Store,
+    name: &str,
+    holder: &crate::state::LockHolder,
+    break_lock: bool,
+    user: &str,
+    host: &str,
+) -> Result<crate::state::LockGrant, ExecError> {
+    match store.acquire_lock(name, holder) {
+        Ok(g) => Ok(g),
+        Err(crate::state::StateError::LockHeld {
+            holder: held,
+            since_ms,
+            ..
+        }) => {
+            let dead = held.host == holder.host && !pid_alive(held.pid);
+            // A resumed run takes back the lock its own crashed process left behind.
+            let own = held.run_id == holder.run_id;
+            if (break_lock || own) && dead {
+                let audit = crate::state::AuditInput {
+                    user: user.to_owned(),
+                    host: host.to_owned(),
+                    run_id: Some(holder.run_id.clone()),
+                    step: None,
+                    action: "lock.break".to_owned(),
+                    target: Some(name.to_owned()),
+                    outcome: "broken".to_owned(),
+                    detail: serde_json::json!({ "previous_holder": held }),
+                };
+                store.break_lock(name, &audit)?;
+                return Ok(store.acquire_lock(name, holder)?);
+            }
+            Err(ExecError::LockHeld {
+                name: name.to_owned(),
+                holder: held,
+                since_ms,
+                holder_dead: dead,
+            })
+        }
+        Err(e) => Err(ExecError::State(e)),
+    }
+}
+
+/// Whether a process exists on this host (a zombie counts as dead: it will never release).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses, which may itself contain spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_none_or(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
 }
 
 /// The user running the engine: `$USER`, else the passwd entry of the process's uid.

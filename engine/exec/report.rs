@@ -102,7 +102,7 @@ fn describe(event: &Event) -> Option<String> {
             "{step}: attempt {attempt} failed ({error}); retrying in {}",
             crate::duration::format(Duration::from_millis(*delay_ms))
         ),
-        Event::StepSkipped { step, reason } => format!("{step}: skipped — {reason}"),
+        Event::StepSkipped { step, reason, .. } => format!("{step}: skipped — {reason}"),
         Event::StepSucceeded {
             step,
             duration_ms,
@@ -155,6 +155,27 @@ fn describe(event: &Event) -> Option<String> {
                 "compensation FAILED"
             }
         ),
+        Event::Resumed {
+            run_id,
+            done,
+            decisions,
+            changed,
+        } => {
+            let mut s = format!("run {run_id} resumed: {} step(s) already done", done.len());
+            for d in decisions {
+                let _ = write!(
+                    s,
+                    "; {}: {} ({})",
+                    d["step"].as_str().unwrap_or("?"),
+                    d["decision"].as_str().unwrap_or("?"),
+                    d["reason"].as_str().unwrap_or("")
+                );
+            }
+            if *changed {
+                s.push_str("; the runbook changed since the run started (--allow-changed)");
+            }
+            s
+        }
         Event::RunFinished {
             status,
             duration_ms,

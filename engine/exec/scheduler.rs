@@ -22,18 +22,16 @@ pub(super) async fn run(
     c: Arc<Compiled>,
     params: ParamValues,
     prefix: Vec<String>,
+    prior: BTreeMap<usize, StepEnd>,
 ) -> RunStatus {
     let started = Instant::now();
     let top = prefix.is_empty();
     let mut state = TemplateState::new(&shared, &c, &params);
-    if top {
-        let shown = crate::plan::build(&c, &params)
-            .map(|p| serde_json::to_value(p.params).unwrap_or_default())
-            .unwrap_or_default();
+    if top && !shared.is_resumed() {
         shared.emit(&Event::RunStarted {
             run_id: shared.run_id.clone(),
             runbook: c.runbook.runbook.value.clone(),
-            params: shown,
+            params: crate::plan::shown_params(&c, &params),
             user: shared.user.clone(),
             host: shared.host.clone(),
         });
@@ -59,8 +57,21 @@ pub(super) async fn run(
     });
 
     let mut status = preflight(&shared, &c, &state, &prefix).await;
-    let mut ends: BTreeMap<usize, StepEnd> = BTreeMap::new();
-    let mut completion_order = Vec::new();
+    // Steps a resumed run already did: their results feed templates; rollback still undoes them.
+    let mut completion_order: Vec<usize> = c
+        .order
+        .iter()
+        .copied()
+        .filter(|i| {
+            prior
+                .get(i)
+                .is_some_and(|e| e.status == StepStatus::Succeeded)
+        })
+        .collect();
+    for (i, end) in &prior {
+        expose(&mut state, &c, *i, end);
+    }
+    let mut ends: BTreeMap<usize, StepEnd> = prior;
     if status.is_none() {
         let main: Vec<usize> = c.order.clone();
         status = dag(
@@ -193,7 +204,11 @@ async fn dag(
     name: &impl Fn(usize) -> String,
 ) -> Option<RunStatus> {
     let max_parallel = shared.options.max_parallel.unwrap_or(c.max_parallel).max(1);
-    let mut pending: Vec<usize> = section.to_vec();
+    let mut pending: Vec<usize> = section
+        .iter()
+        .copied()
+        .filter(|i| !ends.contains_key(i))
+        .collect();
     let mut running: JoinSet<(usize, StepEnd)> = JoinSet::new();
     let mut stop = false;
     let mut outcome: Option<RunStatus> = None;
@@ -221,8 +236,11 @@ async fn dag(
                     shared.emit(&Event::StepSkipped {
                         step: name(i),
                         reason: reason.clone(),
+                        by_guard: false,
                     });
-                    ends.insert(i, StepEnd::skipped(reason));
+                    let end = StepEnd::skipped(reason);
+                    expose(state, c, i, &end);
+                    ends.insert(i, end);
                     k = 0;
                     continue;
                 }
@@ -277,8 +295,11 @@ async fn dag(
         shared.emit(&Event::StepSkipped {
             step: name(i),
             reason: reason.clone(),
+            by_guard: false,
         });
-        ends.insert(i, StepEnd::skipped(reason));
+        let end = StepEnd::skipped(reason);
+        expose(state, c, i, &end);
+        ends.insert(i, end);
     }
     if shared.is_cancelled() {
         return Some(if outcome == Some(RunStatus::Aborted) {
@@ -383,7 +404,14 @@ pub async fn call(
             ))
         })?;
     let prefix = vec![ctx.step.to_string()];
-    let status = Box::pin(run(ctx.shared.clone(), Arc::new(compiled), values, prefix)).await;
+    let status = Box::pin(run(
+        ctx.shared.clone(),
+        Arc::new(compiled),
+        values,
+        prefix,
+        BTreeMap::new(),
+    ))
+    .await;
     let value = serde_json::json!({ "status": status.as_str(), "runbook": runbook });
     match status {
         RunStatus::Succeeded => Ok(ActionResult {
@@ -402,5 +430,145 @@ pub async fn call(
             exit_code: None,
             http_status: None,
         }),
+    }
+}
+
+/// Decide, before anything runs again, what a resumed run keeps, re-runs or skips.
+///
+/// Completed steps are kept. A step that was in flight is first checked with its `verify`
+/// gates, once and read-only: if they pass it is done ("verified on resume"). Otherwise it is
+/// re-run if it is idempotent, or as the operator decides (`--rerun`/`--skip`, or on the
+/// terminal); an irreversible step is never re-run without that explicit decision.
+///
+/// # Errors
+/// In-flight steps nobody decided about.
+pub(super) async fn prepare_resume(
+    shared: &Arc<Shared>,
+    c: &Arc<Compiled>,
+    params: &ParamValues,
+    from: &super::ResumeFrom,
+) -> Result<BTreeMap<usize, StepEnd>, super::ExecError> {
+    use super::Decision;
+    shared.mark_resumed();
+    let journaled = super::resume::read(c, &from.events);
+    let mut done = journaled.done;
+    let mut in_flight = journaled.in_flight;
+    if let Some(step) = &from.from_step
+        && let Some(&i) = c.index_by_id.get(step)
+    {
+        for d in std::iter::once(i).chain(c.downstream(i)) {
+            done.remove(&d);
+            in_flight.remove(&d);
+        }
+    }
+    let mut state = TemplateState::new(shared, c, params);
+    for (i, end) in &done {
+        expose(&mut state, c, *i, end);
+    }
+    let mut decisions = Vec::new();
+    let mut undecided = Vec::new();
+    for i in in_flight {
+        let id = c.steps[i].id.clone();
+        let step = c.step(i);
+        let explicit = from.decisions.get(&id).copied();
+        // 1. Verification gates, once, read-only.
+        if explicit.is_none() && !step.verify.is_empty() {
+            let ctx = ActionCtx {
+                shared: shared.clone(),
+                step: Arc::from(id.as_str()),
+                attempt: 0,
+                timeout: crate::compile::DEFAULT_CHECK_TIMEOUT,
+                renderer: state.renderer().with("result", Value::from(())),
+                compiled: c.clone(),
+            };
+            let mut all = true;
+            for (k, (check, timing)) in step.verify.iter().zip(&c.steps[i].verify).enumerate() {
+                let once = CheckTiming {
+                    within: None,
+                    interval: timing.interval,
+                    timeout: timing.timeout,
+                };
+                if poll_check(&ctx, check, &once, "verify", k).await.is_err() {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                decisions.push(serde_json::json!({ "step": id, "decision": "done", "reason": "verified on resume: its gates pass" }));
+                let mut end = StepEnd::skipped(String::new());
+                end.status = StepStatus::Succeeded;
+                done.insert(i, end);
+                continue;
+            }
+        }
+        let decision = match explicit {
+            Some(d) => Some((d, "decided by the operator")),
+            None if c.steps[i].idempotent => Some((Decision::Rerun, "idempotent: safe to repeat")),
+            None if shared.options.interactive => {
+                ask_in_flight(shared, &id, c.steps[i].irreversible)
+                    .await
+                    .map(|d| (d, "decided on the terminal"))
+            }
+            None => None,
+        };
+        match decision {
+            Some((Decision::Rerun, why)) => decisions.push(serde_json::json!({ "step": id, "decision": "rerun", "reason": why })),
+            Some((Decision::Skip, why)) => {
+                decisions.push(serde_json::json!({ "step": id, "decision": "skip", "reason": why }));
+                let mut end = StepEnd::skipped("skipped on resume by the operator".to_owned());
+                end.status = StepStatus::Succeeded;
+                done.insert(i, end);
+            }
+            None => undecided.push(format!(
+                "step `{id}` was in flight when the run stopped and {} — pass --rerun {id} or --skip {id}",
+                if c.steps[i].irreversible { "is irreversible: it is never re-run without an explicit decision" } else { "is not idempotent (its effect is unknown), and it has no verify gate that passes" }
+            )),
+        }
+    }
+    if !undecided.is_empty() {
+        return Err(super::ExecError::NeedsDecision(undecided));
+    }
+    shared.emit(&Event::Resumed {
+        run_id: shared.run_id.clone(),
+        done: done.keys().map(|&i| c.steps[i].id.clone()).collect(),
+        decisions,
+        changed: from.changed,
+    });
+    Ok(done)
+}
+
+async fn ask_in_flight(
+    shared: &Arc<Shared>,
+    id: &str,
+    irreversible: bool,
+) -> Option<super::Decision> {
+    let s = shared.clone();
+    let prompt = format!(
+        "\n┃ step `{id}` was in flight when the run stopped; its effect is unknown{}.\n┃ [r]e-run it, [s]kip it (treat as done), or [a]bort the resume? ",
+        if irreversible {
+            " and it is IRREVERSIBLE"
+        } else {
+            ""
+        }
+    );
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut answer = String::new();
+        s.reporter.suspend(&mut || {
+            use std::io::{BufRead, Write};
+            let mut err = std::io::stderr();
+            let _ = err.write_all(prompt.as_bytes());
+            let _ = err.flush();
+            if let Ok(f) = std::fs::File::open("/dev/tty") {
+                let _ = std::io::BufReader::new(f).read_line(&mut answer);
+            }
+        });
+        answer
+    })
+    .await
+    .ok()?;
+    match answer.trim() {
+        "r" | "rerun" | "re-run" => Some(super::Decision::Rerun),
+        "s" | "skip" => Some(super::Decision::Skip),
+        _ => None,
     }
 }

@@ -105,6 +105,7 @@ pub(super) async fn run_step(
                 shared.emit(&Event::StepSkipped {
                     step: id.clone(),
                     reason: reason.clone(),
+                    by_guard: true,
                 });
                 return StepEnd::skipped(reason);
             }
@@ -277,6 +278,8 @@ pub(super) async fn run_step(
         duration_ms: ms(started.elapsed()),
         attempts,
         summary,
+        result: result.clone(),
+        outputs: outputs.clone(),
     });
     end(StepStatus::Succeeded, result, outputs, attempts)
 }

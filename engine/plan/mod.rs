@@ -205,6 +205,24 @@ pub struct Plan {
     pub summary: Summary,
 }
 
+/// Params as they may be shown and stored: values of `secret: true` params replaced by `***`.
+pub fn shown_params(c: &Compiled, params: &ParamValues) -> serde_json::Value {
+    let secret = secret_params(c);
+    serde_json::Value::Object(
+        params
+            .iter()
+            .map(|(k, v)| {
+                let v = if secret.contains(&k.as_str()) {
+                    serde_json::Value::String("***".into())
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect(),
+    )
+}
+
 /// The hash that binds a plan to a runbook and its params.
 pub fn plan_hash(runbook_hash: &str, params: &ParamValues) -> String {
     let mut h = Sha256::new();

@@ -191,6 +191,15 @@ impl Runbook {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("NO_COLOR", "1");
+        // Each invocation journals into its own state directory unless the test chose one, so
+        // parallel tests never share locks or runs.
+        if !self.env.iter().any(|(k, _)| k == "RUNBOOK_STATE_DIR") {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let dir =
+                std::env::temp_dir().join(format!("runbook-test-state-{}-{n}", std::process::id()));
+            cmd.env("RUNBOOK_STATE_DIR", dir);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

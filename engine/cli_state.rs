@@ -1,0 +1,437 @@
+//! The commands that read or change durable state: resume, retry, runs, show, logs, approve,
+//! deny, audit. Each returns a documented exit code.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cli::{ApprovalArgs, AuditCommand, Output, ParamArgs, RunArgs};
+use crate::exec::{Decision, ResumeFrom};
+use crate::exit;
+use crate::state::{SqliteStore, StateDir, Store};
+
+/// Open the state store, printing a clear error (and returning the exit code) when it cannot be.
+///
+/// # Errors
+/// The exit code to return.
+pub fn open_store(dir: Option<PathBuf>) -> Result<Arc<dyn Store>, u8> {
+    let dir = StateDir::resolve(dir);
+    match SqliteStore::open(&dir) {
+        Ok(s) => Ok(Arc::new(s)),
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
+            Err(exit::STATE)
+        }
+    }
+}
+
+/// An error and its sources, one clause each.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        let t = x.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = x.source();
+    }
+    s
+}
+
+fn find_run(store: &dyn Store, run_id: &str) -> Result<crate::state::RunRecord, u8> {
+    match store.run(run_id) {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => {
+            eprintln!(
+                "error: failed to find run {run_id}\n  help: `runbook runs` lists the runs in this state directory (see --state-dir)"
+            );
+            Err(exit::STATE)
+        }
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
+            Err(exit::STATE)
+        }
+    }
+}
+
+/// `runbook resume` and `runbook retry --from`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one argument per command-line option"
+)]
+pub fn resume(
+    out: Output,
+    dir: Option<PathBuf>,
+    run_id: &str,
+    decisions: BTreeMap<String, Decision>,
+    from_step: Option<String>,
+    allow_changed: bool,
+    params: &ParamArgs,
+    run: &RunArgs,
+) -> u8 {
+    let store = match open_store(dir) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let record = match find_run(store.as_ref(), run_id) {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    if record.status == crate::state::RunStatus::Succeeded && from_step.is_none() {
+        eprintln!(
+            "error: run {} succeeded: there is nothing to resume\n  help: `runbook retry {} --from STEP` runs a step and its dependants again",
+            record.id, record.id
+        );
+        return exit::STATE;
+    }
+    // Params come from the run; secret params were never stored and are given again with -p.
+    let mut cli: Vec<(String, String)> = record
+        .params
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(_, v)| v.as_str() != Some("***"))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    cli.extend(params.params.iter().cloned());
+    let merged = ParamArgs {
+        params: cli,
+        params_file: params.params_file.clone(),
+    };
+    let (compiled, values) =
+        match crate::cli::load(out, std::path::Path::new(&record.file), &merged) {
+            Ok(x) => x,
+            Err(c) => return c,
+        };
+    let changed = compiled.hash != record.runbook_hash;
+    if changed && !allow_changed {
+        eprintln!(
+            "error: refusing to resume run {}: {} changed since the run started (sha256 {} then, {} now)\n  help: review the change; `--allow-changed` resumes anyway and records that in the audit log",
+            record.id,
+            record.file,
+            &record.runbook_hash[..12.min(record.runbook_hash.len())],
+            &compiled.hash[..12]
+        );
+        return exit::STATE;
+    }
+    if let Some(step) = &from_step
+        && !compiled.index_by_id.contains_key(step)
+    {
+        eprintln!("error: run {} has no step `{step}`", record.id);
+        return exit::INVALID;
+    }
+    for step in decisions.keys() {
+        if !compiled.index_by_id.contains_key(step) {
+            eprintln!(
+                "error: --rerun/--skip names `{step}`, which is not a step of {}",
+                record.file
+            );
+            return exit::INVALID;
+        }
+    }
+    let events = match store.events(&record.id) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
+            return exit::STATE;
+        }
+    };
+    let from = ResumeFrom {
+        events,
+        decisions,
+        from_step,
+        changed,
+    };
+    crate::cli::launch(&compiled, &values, run, Some(store), Some((record, from)))
+}
+
+fn fmt_ms(ms: i64) -> String {
+    crate::duration::format(Duration::from_millis(u64::try_from(ms.max(0)).unwrap_or(0)))
+}
+
+/// `runbook runs`.
+pub fn runs(dir: Option<PathBuf>, limit: usize) -> u8 {
+    let store = match open_store(dir) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let runs = match store.runs(limit) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
+            return exit::STATE;
+        }
+    };
+    println!(
+        "{:<22} {:<24} {:<12} {:<24} {:>9}  user",
+        "run", "runbook", "status", "started", "duration"
+    );
+    for r in runs {
+        let duration = r
+            .finished_at_ms
+            .map_or_else(|| "-".to_owned(), |f| fmt_ms(f - r.started_at_ms));
+        println!(
+            "{:<22} {:<24} {:<12} {:<24} {:>9}  {}@{}",
+            r.id,
+            r.runbook,
+            r.status.as_str(),
+            crate::clock::rfc3339(r.started_at_ms),
+            duration,
+            r.user,
+            r.host
+        );
+    }
+    exit::SUCCESS
+}
+
+/// `runbook show`.
+pub fn show(dir: Option<PathBuf>, run_id: &str) -> u8 {
+    let store = match open_store(dir) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let r = match find_run(store.as_ref(), run_id) {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    let events = match store.events(&r.id) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
+            return exit::STATE;
+        }
+    };
+    println!("run {}  {}  ({})", r.id, r.runbook, r.status.as_str());
+    println!(
+        "file:    {} (sha256 {})",
+        r.file,
+        &r.runbook_hash[..12.min(r.runbook_hash.len())]
+    );
+    println!("by:      {}@{} (pid {})", r.user, r.host, r.pid);
+    println!("started: {}", crate::clock::rfc3339(r.started_at_ms));
+    if let Some(f) = r.finished_at_ms {
+        println!(
+            "ended:   {} ({})",
+            crate::clock::rfc3339(f),
+            fmt_ms(f - r.started_at_ms)
+        );
+    }
+    println!("params:  {}", r.params);
+    println!();
+    for e in &events {
+        let d = &e.data;
+        let step = e.step.as_deref().unwrap_or("-");
+        let line = match e.kind.as_str() {
+            "step_started" => match d["command"].as_str() {
+                Some(c) => format!("started attempt {} — $ {c}", d["attempt"]),
+                None => format!("started attempt {}", d["attempt"]),
+            },
+            "command" => format!("$ {}", d["command"].as_str().unwrap_or("")),
+            "check" => format!(
+                "{} #{} poll {}: {} — {}",
+                d["phase"].as_str().unwrap_or(""),
+                d["index"].as_u64().unwrap_or(0) + 1,
+                d["poll"],
+                if d["passed"] == true { "pass" } else { "fail" },
+                d["detail"].as_str().unwrap_or("")
+            ),
+            "retry" => format!(
+                "attempt {} failed ({}); retry in {}ms",
+                d["attempt"],
+                d["error"].as_str().unwrap_or(""),
+                d["delay_ms"]
+            ),
+            "step_succeeded" => format!(
+                "✓ succeeded in {}ms after {} attempt(s): {}",
+                d["duration_ms"],
+                d["attempts"],
+                d["summary"].as_str().unwrap_or("")
+            ),
+            "step_failed" => format!("✗ failed: {}", d["error"].as_str().unwrap_or("")),
+            "step_aborted" => format!("✗ aborted: {}", d["reason"].as_str().unwrap_or("")),
+            "step_skipped" => format!("skipped: {}", d["reason"].as_str().unwrap_or("")),
+            "approval" => format!(
+                "{} by {} ({})",
+                d["decision"].as_str().unwrap_or(""),
+                d["approver"].as_str().unwrap_or(""),
+                d["via"].as_str().unwrap_or("")
+            ),
+            "approval_waiting" => format!(
+                "waiting for approval: {}",
+                d["message"].as_str().unwrap_or("")
+            ),
+            "compensated" => format!(
+                "compensation {}: {}",
+                if d["ok"] == true { "ok" } else { "FAILED" },
+                d["detail"].as_str().unwrap_or("")
+            ),
+            "rollback_started" => format!("rollback of {}", d["steps"]),
+            "resumed" => format!("resumed; decisions {}", d["decisions"]),
+            "run_started" => "run started".to_owned(),
+            "run_finished" => format!(
+                "run {} (exit {})",
+                d["status"].as_str().unwrap_or(""),
+                d["exit_code"]
+            ),
+            other => other.to_owned(),
+        };
+        println!("{}  {step:<20} {line}", crate::clock::rfc3339(e.at_ms));
+    }
+    exit::SUCCESS
+}
+
+/// `runbook logs`.
+pub fn logs(dir: Option<PathBuf>, run_id: &str, step: Option<&str>) -> u8 {
+    let store = match open_store(dir) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let r = match find_run(store.as_ref(), run_id) {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    match store.logs(&r.id, step) {
+        Ok(lines) => {
+            for l in lines {
+                let mark = if l.stream == "stderr" { "┃" } else { "│" };
+                println!("{} {mark} {}", l.step, l.text);
+            }
+            exit::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
+            exit::STATE
+        }
+    }
+}
+
+/// `runbook approve` / `runbook deny`.
+pub fn decide(dir: Option<PathBuf>, a: &ApprovalArgs, approve: bool) -> u8 {
+    let store = match open_store(dir) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let r = match find_run(store.as_ref(), &a.run_id) {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    let user = crate::exec::current_user();
+    let host = crate::exec::current_host();
+    let approver = a.approver.clone().unwrap_or_else(|| user.clone());
+    let decision = if approve { "approved" } else { "denied" };
+    let input = crate::state::ApprovalInput {
+        run_id: r.id.clone(),
+        step: a.step.clone(),
+        approver: approver.clone(),
+        decision: approve,
+        via: "cli".to_owned(),
+        comment: a.comment.clone(),
+    };
+    let audit = crate::state::AuditInput {
+        user,
+        host,
+        run_id: Some(r.id.clone()),
+        step: Some(a.step.clone()),
+        action: "approval".to_owned(),
+        target: Some(approver.clone()),
+        outcome: decision.to_owned(),
+        detail: serde_json::json!({ "via": "cli", "comment": a.comment }),
+    };
+    match store.add_approval(&input, &audit) {
+        Ok(()) => {
+            println!("{decision} step `{}` of run {} as {approver}", a.step, r.id);
+            exit::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
+            exit::STATE
+        }
+    }
+}
+
+/// `runbook audit verify|export`.
+pub fn audit(dir: Option<PathBuf>, cmd: &AuditCommand) -> u8 {
+    let store = match open_store(dir) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    match cmd {
+        AuditCommand::Verify => match store.audit_verify() {
+            Ok(report) => match report.first_bad {
+                None => {
+                    println!("audit log intact: {} entries verified", report.entries);
+                    exit::SUCCESS
+                }
+                Some(bad) => {
+                    eprintln!(
+                        "error: audit log verification failed at entry #{}: {}",
+                        bad.seq, bad.reason
+                    );
+                    eprintln!(
+                        "  {} entries checked; entries from #{} on cannot be trusted",
+                        report.entries, bad.seq
+                    );
+                    exit::TAMPERED
+                }
+            },
+            Err(e) => {
+                eprintln!("error: {}", chain(&e));
+                exit::STATE
+            }
+        },
+        AuditCommand::Export { run, since } => {
+            let since_ms = match since.as_deref().map(parse_since).transpose() {
+                Ok(s) => s,
+                Err(why) => {
+                    eprintln!("error: {why}");
+                    return exit::INVALID;
+                }
+            };
+            match store.audit_entries(run.as_deref(), since_ms) {
+                Ok(entries) => {
+                    for e in entries {
+                        println!("{}", serde_json::to_string(&e).unwrap_or_default());
+                    }
+                    exit::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {}", chain(&e));
+                    exit::STATE
+                }
+            }
+        }
+    }
+}
+
+/// `--since`: milliseconds since the epoch, or a UTC date `YYYY-MM-DD`.
+fn parse_since(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    let parts: Vec<&str> = s.split('-').collect();
+    if let [y, m, d] = parts.as_slice()
+        && let (Ok(y), Ok(m), Ok(d)) = (y.parse::<i64>(), m.parse::<i64>(), d.parse::<i64>())
+    {
+        // Days from civil (Howard Hinnant), inverse of clock::rfc3339.
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let mp = (m + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        return Ok((era * 146_097 + doe - 719_468) * 86_400_000);
+    }
+    Err(format!(
+        "--since {s:?} is neither milliseconds since the epoch nor a date YYYY-MM-DD"
+    ))
+}
