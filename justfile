@@ -27,4 +27,4 @@ demo:
 
 # Benchmarks: plan of a 10,000-step runbook; a 1,000-step chain against a shell script.
 bench:
-    cargo bench --bench plan_10k --bench exec_chain
+    cargo bench --bench plan_10k --bench exec_chain --bench durability

@@ -156,6 +156,18 @@ pub enum Command {
         #[arg(long)]
         no_journal: bool,
     },
+    /// Would this runbook work right now? Secrets, preflight, read-only guards, commands on
+    /// PATH, HTTP targets — without any action. Exit 1 when something would fail.
+    Check {
+        /// The runbook.
+        file: PathBuf,
+        /// Params.
+        #[command(flatten)]
+        params: ParamArgs,
+        /// Print findings as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Continue a run that crashed, was cancelled or failed, exactly where it stopped.
     Resume {
         /// The run (or a unique prefix of its id).
@@ -318,6 +330,7 @@ pub fn run(cli: Cli) -> u8 {
             &params,
             &run,
         ),
+        Command::Check { file, params, json } => check_cmd(out, &file, &params, json),
         Command::Runs { limit } => crate::cli_state::runs(cli.state_dir.clone(), limit),
         Command::Show { run_id } => crate::cli_state::show(cli.state_dir.clone(), &run_id),
         Command::Logs { run_id, step } => {
@@ -607,4 +620,43 @@ fn load_plan(
         return Err(exit::STATE);
     }
     Ok((compiled, values))
+}
+
+fn check_cmd(out: Output, file: &Path, args: &ParamArgs, json: bool) -> u8 {
+    let (compiled, values) = match load(out, file, args) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let findings = match crate::exec::check(&compiled, &values) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::INTERNAL;
+        }
+    };
+    let failed = findings.iter().filter(|f| f.outcome == "fail").count();
+    for f in &findings {
+        if json {
+            println!("{}", serde_json::to_string(f).unwrap_or_default());
+        } else {
+            let mark = match f.outcome {
+                "ok" => "✓",
+                "fail" => "✗",
+                _ => "-",
+            };
+            println!("{mark} {:<40} {}", f.what, f.detail);
+        }
+    }
+    if !json {
+        println!(
+            "\n{}: {} checks, {failed} failing",
+            file.display(),
+            findings.len()
+        );
+    }
+    if failed == 0 {
+        exit::SUCCESS
+    } else {
+        exit::STEP_FAILED
+    }
 }

@@ -2,6 +2,7 @@
 //! verification gates, approvals, rollback and `finally` — reporting every transition as an event.
 
 pub mod approval;
+mod check;
 mod context;
 mod events;
 mod journal;
@@ -18,6 +19,7 @@ use serde::Serialize;
 
 use crate::compile::{Compiled, ParamValues};
 
+pub use check::{Finding, check};
 pub use context::{ActionCtx, CancelWait, Shared};
 pub use events::{Event, Reporter, Stream};
 pub use report::{OutputMode, reporter_for};

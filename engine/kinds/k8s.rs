@@ -396,3 +396,13 @@ impl Kind for K8sSpec {
         Ok(out)
     }
 }
+
+impl super::Perform for K8sSpec {
+    fn perform<'a>(&'a self, _ctx: &'a crate::exec::ActionCtx) -> super::PerformFuture<'a> {
+        Box::pin(async move { Err(crate::exec::ActionError::Unsupported("k8s")) })
+    }
+    fn executable(&self) -> bool {
+        // Validated and planned today; executed from a later version (see README).
+        false
+    }
+}

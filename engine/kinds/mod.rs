@@ -221,6 +221,10 @@ pub type PerformFuture<'a> = std::pin::Pin<
 pub trait Perform {
     /// Do it once: render templates with `ctx`, act, and describe what happened in `result`.
     fn perform<'a>(&'a self, ctx: &'a crate::exec::ActionCtx) -> PerformFuture<'a>;
+    /// Whether this build can perform it (`exec` refuses a runbook before anything runs if not).
+    fn executable(&self) -> bool {
+        true
+    }
 }
 
 impl Action<'_> {
@@ -239,17 +243,24 @@ impl Action<'_> {
             Action::Approve(a) => a.value.perform(ctx).await,
             Action::Call(a) => a.value.perform(ctx).await,
             Action::Expr(a) => a.perform(ctx).await,
-            Action::K8s(_) | Action::Sql(_) | Action::Prometheus(_) => {
-                Err(crate::exec::ActionError::Unsupported(self.name()))
-            }
+            Action::K8s(a) => a.value.perform(ctx).await,
+            Action::Sql(a) => a.value.perform(ctx).await,
+            Action::Prometheus(a) => a.value.perform(ctx).await,
         }
     }
 
     /// Whether this build can perform the action (`k8s`, `sql`, `prometheus` arrive later).
     pub fn supported(&self) -> bool {
-        !matches!(
-            self,
-            Action::K8s(_) | Action::Sql(_) | Action::Prometheus(_)
-        )
+        match self {
+            Action::Run(a) => a.executable(),
+            Action::Http(a) => a.value.executable(),
+            Action::K8s(a) => a.value.executable(),
+            Action::Sql(a) => a.value.executable(),
+            Action::Sleep(a) => a.executable(),
+            Action::Approve(a) => a.value.executable(),
+            Action::Call(a) => a.value.executable(),
+            Action::Prometheus(a) => a.value.executable(),
+            Action::Expr(a) => a.executable(),
+        }
     }
 }

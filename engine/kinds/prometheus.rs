@@ -69,3 +69,13 @@ impl Kind for PrometheusSpec {
         Ok(out)
     }
 }
+
+impl super::Perform for PrometheusSpec {
+    fn perform<'a>(&'a self, _ctx: &'a crate::exec::ActionCtx) -> super::PerformFuture<'a> {
+        Box::pin(async move { Err(crate::exec::ActionError::Unsupported("prometheus")) })
+    }
+    fn executable(&self) -> bool {
+        // Validated and planned today; executed from a later version (see README).
+        false
+    }
+}

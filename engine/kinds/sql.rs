@@ -85,3 +85,13 @@ impl Kind for SqlSpec {
         Ok(out)
     }
 }
+
+impl super::Perform for SqlSpec {
+    fn perform<'a>(&'a self, _ctx: &'a crate::exec::ActionCtx) -> super::PerformFuture<'a> {
+        Box::pin(async move { Err(crate::exec::ActionError::Unsupported("sql")) })
+    }
+    fn executable(&self) -> bool {
+        // Validated and planned today; executed from a later version (see README).
+        false
+    }
+}
