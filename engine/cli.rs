@@ -340,7 +340,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Deny(a) => crate::cli_state::decide(cli.state_dir.clone(), &a, false),
         Command::Audit { command } => crate::cli_state::audit(cli.state_dir.clone(), &command),
         Command::Schema => {
-            print!("{}", crate::schema::runbook_schema());
+            out!("{}", crate::schema::runbook_schema());
             exit::SUCCESS
         }
     }
@@ -386,7 +386,7 @@ fn validate(out: Output, files: &[PathBuf]) -> u8 {
     let mut code = exit::SUCCESS;
     for f in files {
         match compile::compile_path(f) {
-            Ok(c) => println!("{}: ok ({} steps)", f.display(), c.steps.len()),
+            Ok(c) => outln!("{}: ok ({} steps)", f.display(), c.steps.len()),
             Err((file, diags)) => {
                 out.diagnostics(&file, &diags);
                 code = exit::INVALID;
@@ -471,7 +471,7 @@ fn plan_cmd(
         PlanFormat::Mermaid => plan::mermaid(&p),
         PlanFormat::Dot => plan::dot(&p),
     };
-    print!("{text}");
+    out!("{text}");
     exit::SUCCESS
 }
 
@@ -637,18 +637,18 @@ fn check_cmd(out: Output, file: &Path, args: &ParamArgs, json: bool) -> u8 {
     let failed = findings.iter().filter(|f| f.outcome == "fail").count();
     for f in &findings {
         if json {
-            println!("{}", serde_json::to_string(f).unwrap_or_default());
+            outln!("{}", serde_json::to_string(f).unwrap_or_default());
         } else {
             let mark = match f.outcome {
                 "ok" => "✓",
                 "fail" => "✗",
                 _ => "-",
             };
-            println!("{mark} {:<40} {}", f.what, f.detail);
+            outln!("{mark} {:<40} {}", f.what, f.detail);
         }
     }
     if !json {
-        println!(
+        outln!(
             "\n{}: {} checks, {failed} failing",
             file.display(),
             findings.len()

@@ -172,15 +172,19 @@ pub fn runs(dir: Option<PathBuf>, limit: usize) -> u8 {
             return exit::STATE;
         }
     };
-    println!(
+    outln!(
         "{:<22} {:<24} {:<12} {:<24} {:>9}  user",
-        "run", "runbook", "status", "started", "duration"
+        "run",
+        "runbook",
+        "status",
+        "started",
+        "duration"
     );
     for r in runs {
         let duration = r
             .finished_at_ms
             .map_or_else(|| "-".to_owned(), |f| fmt_ms(f - r.started_at_ms));
-        println!(
+        outln!(
             "{:<22} {:<24} {:<12} {:<24} {:>9}  {}@{}",
             r.id,
             r.runbook,
@@ -211,23 +215,23 @@ pub fn show(dir: Option<PathBuf>, run_id: &str) -> u8 {
             return exit::STATE;
         }
     };
-    println!("run {}  {}  ({})", r.id, r.runbook, r.status.as_str());
-    println!(
+    outln!("run {}  {}  ({})", r.id, r.runbook, r.status.as_str());
+    outln!(
         "file:    {} (sha256 {})",
         r.file,
         &r.runbook_hash[..12.min(r.runbook_hash.len())]
     );
-    println!("by:      {}@{} (pid {})", r.user, r.host, r.pid);
-    println!("started: {}", crate::clock::rfc3339(r.started_at_ms));
+    outln!("by:      {}@{} (pid {})", r.user, r.host, r.pid);
+    outln!("started: {}", crate::clock::rfc3339(r.started_at_ms));
     if let Some(f) = r.finished_at_ms {
-        println!(
+        outln!(
             "ended:   {} ({})",
             crate::clock::rfc3339(f),
             fmt_ms(f - r.started_at_ms)
         );
     }
-    println!("params:  {}", r.params);
-    println!();
+    outln!("params:  {}", r.params);
+    outln!();
     for e in &events {
         let d = &e.data;
         let step = e.step.as_deref().unwrap_or("-");
@@ -285,7 +289,7 @@ pub fn show(dir: Option<PathBuf>, run_id: &str) -> u8 {
             ),
             other => other.to_owned(),
         };
-        println!("{}  {step:<20} {line}", crate::clock::rfc3339(e.at_ms));
+        outln!("{}  {step:<20} {line}", crate::clock::rfc3339(e.at_ms));
     }
     exit::SUCCESS
 }
@@ -304,7 +308,7 @@ pub fn logs(dir: Option<PathBuf>, run_id: &str, step: Option<&str>) -> u8 {
         Ok(lines) => {
             for l in lines {
                 let mark = if l.stream == "stderr" { "┃" } else { "│" };
-                println!("{} {mark} {}", l.step, l.text);
+                outln!("{} {mark} {}", l.step, l.text);
             }
             exit::SUCCESS
         }
@@ -349,7 +353,7 @@ pub fn decide(dir: Option<PathBuf>, a: &ApprovalArgs, approve: bool) -> u8 {
     };
     match store.add_approval(&input, &audit) {
         Ok(()) => {
-            println!("{decision} step `{}` of run {} as {approver}", a.step, r.id);
+            outln!("{decision} step `{}` of run {} as {approver}", a.step, r.id);
             exit::SUCCESS
         }
         Err(e) => {
@@ -369,7 +373,7 @@ pub fn audit(dir: Option<PathBuf>, cmd: &AuditCommand) -> u8 {
         AuditCommand::Verify => match store.audit_verify() {
             Ok(report) => match report.first_bad {
                 None => {
-                    println!("audit log intact: {} entries verified", report.entries);
+                    outln!("audit log intact: {} entries verified", report.entries);
                     exit::SUCCESS
                 }
                 Some(bad) => {
@@ -400,7 +404,7 @@ pub fn audit(dir: Option<PathBuf>, cmd: &AuditCommand) -> u8 {
             match store.audit_entries(run.as_deref(), since_ms) {
                 Ok(entries) => {
                     for e in entries {
-                        println!("{}", serde_json::to_string(&e).unwrap_or_default());
+                        outln!("{}", serde_json::to_string(&e).unwrap_or_default());
                     }
                     exit::SUCCESS
                 }

@@ -4,6 +4,22 @@
 //! Data flows one way: [`parse`] (YAML → [`model`]) → [`compile`] (validate, resolve, DAG) →
 //! [`plan`] (render for review) → exec → state and audit.
 
+/// `println!` that ignores a closed stdout (`runbook audit export | head` must not panic).
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `print!` that ignores a closed stdout.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
 pub mod cli;
 mod cli_state;
 pub mod clock;

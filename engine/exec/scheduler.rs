@@ -93,7 +93,7 @@ pub(super) async fn run(
         && c.runbook.on_failure == OnFailure::Rollback
         && !shared.is_cancelled()
     {
-        rollback(&shared, &c, &state, &ends, &completion_order, &name).await;
+        rollback(&shared, &c, &state, &completion_order, &name).await;
         status = RunStatus::RolledBack;
     }
 
@@ -132,12 +132,9 @@ pub(super) async fn run(
     status
 }
 
-/// A view of the run that is not cancelled, for `finally` steps after a cancellation: they
-/// must still run (with their own timeouts), and a second Ctrl-C still stops them.
+/// The run, re-armed for `finally` steps after a cancellation: they must still run (with their
+/// own timeouts), and a second Ctrl-C still stops them. The status was decided before.
 fn detached(shared: &Arc<Shared>) -> Arc<Shared> {
-    // Cancellation is a one-way latch on `shared`; finally steps get their own latch by
-    // sharing everything else. Building a fresh `Shared` is not possible without the
-    // compiled runbook, so the latch is re-armed in place instead.
     shared.rearm();
     shared.clone()
 }
@@ -327,7 +324,6 @@ async fn rollback(
     shared: &Arc<Shared>,
     c: &Arc<Compiled>,
     state: &TemplateState,
-    ends: &BTreeMap<usize, StepEnd>,
     completion_order: &[usize],
     name: &impl Fn(usize) -> String,
 ) {
@@ -356,7 +352,6 @@ async fn rollback(
         not_compensated: not.iter().map(|&i| name(i)).collect(),
     });
     for i in todo {
-        let _ = ends;
         let r = compensate(shared.clone(), c.clone(), i, state.renderer()).await;
         let (ok, detail) = match r {
             Ok(d) => (true, d),

@@ -6,6 +6,8 @@
     reason = "each test crate uses a different subset of the helpers"
 )]
 
+pub mod pg;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
