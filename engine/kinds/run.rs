@@ -192,13 +192,30 @@ mod process {
                 return Err(e);
             }
         };
-        // The shell exited; background children it left behind would keep the pipes open:
-        // kill the group so that reading ends.
-        if pgid != 0 {
-            kill_group(pgid);
-        }
-        let (stdout, t1) = out_task.await.unwrap_or_default();
-        let (stderr, t2) = err_task.await.unwrap_or_default();
+        // The shell exited. Its output ends when every process holding the pipes has exited;
+        // background children it left behind would hold them open forever: if the output has
+        // not ended shortly after the shell, kill the group (a step that must leave a service
+        // running detaches it with `setsid` and redirects its output).
+        let mut out_task = out_task;
+        let mut err_task = err_task;
+        let drained = tokio::time::timeout(Duration::from_millis(200), async {
+            let o = (&mut out_task).await;
+            let e = (&mut err_task).await;
+            (o, e)
+        })
+        .await;
+        let ((stdout, t1), (stderr, t2)) = match drained {
+            Ok((o, e)) => (o.unwrap_or_default(), e.unwrap_or_default()),
+            Err(_) => {
+                if pgid != 0 {
+                    kill_group(pgid);
+                }
+                (
+                    out_task.await.unwrap_or_default(),
+                    err_task.await.unwrap_or_default(),
+                )
+            }
+        };
         Ok(Finished {
             exit_code: code,
             stdout,
