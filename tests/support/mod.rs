@@ -6,6 +6,7 @@
     reason = "each test crate uses a different subset of the helpers"
 )]
 
+pub mod k8s_double;
 pub mod pg;
 
 use std::io::Read;

@@ -1,0 +1,966 @@
+//! The `k8s` kind against the Kubernetes API server double (`tests/support/k8s_double.rs`): each
+//! operation, its failures, the double cross-checked with the real `kubectl`, and the project's
+//! runbooks end to end (`app-rollback` with strategy=rollout, `dr-failover` against two clusters).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::k8s_double::{K8sDouble, now_rfc3339, rfc3339, write_kubeconfig};
+use support::{RunOutput, Runbook, TempDir};
+
+const PRIMARY_TOKEN: &str = "primary-7c1d-secret-token";
+const DR_TOKEN: &str = "dr-93fa-secret-token";
+const IMAGES: [&str; 3] = [
+    "registry.example/web:v1",
+    "registry.example/web:v2",
+    "registry.example/web:v3",
+];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/k8s")
+        .join(name)
+}
+
+fn runbook_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("runbooks")
+        .join(name)
+}
+
+/// A double holding namespace `prod` with Deployment `web` at its third revision (images v1, v2,
+/// v3), its Service, an Istio `VirtualService` split 90/10, and namespace `velero`.
+fn seeded(token: &str) -> K8sDouble {
+    let d = K8sDouble::start(token);
+    for ns in ["prod", "velero"] {
+        d.insert(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
+    }
+    d.deployment_with_history(
+        "prod",
+        "web",
+        &json!({"app": "web", "tier": "frontend"}),
+        "app",
+        &IMAGES,
+        2,
+    );
+    d.insert(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "prod"},
+        "spec": {"selector": {"app": "web", "color": "green"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }));
+    d.insert(json!({
+        "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+        "metadata": {"name": "web", "namespace": "prod"},
+        "spec": {"hosts": ["web"], "http": [{"route": [
+            {"destination": {"host": "web", "subset": "stable"}, "weight": 90},
+            {"destination": {"host": "web", "subset": "canary"}, "weight": 10},
+        ]}]},
+    }));
+    d
+}
+
+/// `runbook exec FILE --yes --output json` with `KUBECONFIG`.
+fn exec(file: &Path, kubeconfig: &Path) -> Runbook {
+    Runbook::exec(file)
+        .yes()
+        .json()
+        .env("KUBECONFIG", kubeconfig.to_str().expect("utf-8 path"))
+}
+
+fn succeeded<'a>(out: &'a RunOutput, step: &str) -> &'a Value {
+    out.of_step("step_succeeded", step)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("step {step} did not succeed\n{}", out.dump()))
+}
+
+fn failed_error(out: &RunOutput, step: &str) -> String {
+    out.of_step("step_failed", step)
+        .into_iter()
+        .next()
+        .and_then(|e| e["error"].as_str())
+        .unwrap_or_else(|| panic!("step {step} did not fail\n{}", out.dump()))
+        .to_owned()
+}
+
+/// Drop nulls and empty objects: Go and Rust encode the same template differently.
+fn prune(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter_map(|(k, x)| {
+                    let x = prune(x);
+                    let empty = x.is_null() || x.as_object().is_some_and(serde_json::Map::is_empty);
+                    (!empty).then(|| (k.clone(), x))
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(prune).collect()),
+        other => other.clone(),
+    }
+}
+
+fn deployment(d: &K8sDouble) -> Value {
+    d.get("apps/v1", "Deployment", "prod", "web")
+        .expect("deployment web")
+}
+
+fn image_of(d: &Value) -> String {
+    d.pointer("/spec/template/spec/containers/0/image")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// kubectl
+
+/// The real kubectl, or `None` (and a note) when it is missing outside CI; in CI (`CI=true`) a
+/// missing kubectl fails the test: `scripts/test` installs Debian's `kubernetes-client`.
+fn kubectl() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("kubectl"))
+            .find(|c| c.is_file())
+    });
+    if found.is_none() {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(
+            !ci,
+            "kubectl is not on PATH: the k8s double must be cross-checked with the real kubectl in CI (scripts/test installs Debian's kubernetes-client)"
+        );
+        eprintln!("kubectl not found on PATH: skipping the kubectl cross-check (it runs in CI)");
+    }
+    found
+}
+
+struct Kubectl {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    cache: PathBuf,
+}
+
+impl Kubectl {
+    fn run(&self, context: &str, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(&self.bin)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--context")
+            .arg(context)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .arg("--request-timeout=10s")
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .output()
+            .expect("run kubectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[track_caller]
+    fn ok(&self, context: &str, args: &[&str]) -> String {
+        let (ok, stdout, stderr) = self.run(context, args);
+        assert!(
+            ok,
+            "kubectl {args:?} failed against the double:\n{stdout}\n{stderr}"
+        );
+        stdout
+    }
+}
+
+#[test]
+fn kubectl_get_sees_what_the_double_serves() {
+    let Some(bin) = kubectl() else { return };
+    let d = seeded(PRIMARY_TOKEN);
+    d.allow_anonymous();
+    let tmp = TempDir::new("k8s-kubectl-get");
+    let kubeconfig = write_kubeconfig(tmp.path(), &[("primary", &d)], "primary");
+    let k = Kubectl {
+        bin,
+        kubeconfig,
+        cache: tmp.join("cache"),
+    };
+    let out = k.ok(
+        "primary",
+        &["-n", "prod", "get", "deployment", "web", "-o", "json"],
+    );
+    let v: Value = serde_json::from_str(&out).expect("kubectl -o json");
+    assert_eq!(image_of(&v), IMAGES[2]);
+}
+
+/// Two identical doubles (the kubectl one also answers kubectl's credential-less requests),
+/// a kubeconfig with context `kubectl` → the first and `runbook` → the second.
+fn twins(tag: &str) -> (K8sDouble, K8sDouble, TempDir, PathBuf) {
+    let a = seeded(PRIMARY_TOKEN);
+    a.allow_anonymous();
+    let b = seeded(DR_TOKEN);
+    let tmp = TempDir::new(tag);
+    let kubeconfig = write_kubeconfig(tmp.path(), &[("kubectl", &a), ("runbook", &b)], "kubectl");
+    (a, b, tmp, kubeconfig)
+}
+
+/// The one write a command made, as (method, path, content type, pruned body).
+fn the_write(d: &K8sDouble) -> (String, String, String, Value) {
+    let writes = d.writes();
+    assert_eq!(writes.len(), 1, "expected exactly one write: {writes:#?}");
+    let w = &writes[0];
+    (
+        w.method.clone(),
+        w.path.clone(),
+        w.content_type.split(';').next().unwrap_or("").to_owned(),
+        prune(&w.body),
+    )
+}
+
+#[test]
+fn rollout_undo_does_what_kubectl_rollout_undo_does() {
+    let Some(bin) = kubectl() else { return };
+    for to_revision in [None, Some(1)] {
+        let (a, b, tmp, kubeconfig) = twins("k8s-undo-kubectl");
+        let k = Kubectl {
+            bin: bin.clone(),
+            kubeconfig: kubeconfig.clone(),
+            cache: tmp.join("cache"),
+        };
+        let mut args = vec!["-n", "prod", "rollout", "undo", "deployment/web"];
+        let flag = to_revision.map(|r| format!("--to-revision={r}"));
+        if let Some(f) = &flag {
+            args.push(f);
+        }
+        let said = k.ok("kubectl", &args);
+        assert!(said.contains("rolled back"), "kubectl said: {said}");
+
+        let mut rb = exec(&fixture("undo.yaml"), &kubeconfig).param("context", "runbook");
+        if let Some(r) = to_revision {
+            rb = rb.param("to_revision", &r.to_string());
+        }
+        let out = rb.run();
+        out.assert_code(0);
+        let result = &succeeded(&out, "undo")["result"];
+        let want = to_revision.unwrap_or(2);
+        assert_eq!(result["from_revision"], 3, "{result}");
+        assert_eq!(result["to_revision"], want, "{result}");
+        assert_eq!(result["images_before"]["app"], IMAGES[2]);
+        assert_eq!(
+            result["images_after"]["app"],
+            IMAGES[usize::try_from(want - 1).expect("revision")]
+        );
+        assert!(
+            b.requests().iter().all(|r| r.authenticated),
+            "runbook must send the kubeconfig user's token"
+        );
+
+        // The same request (a JSON patch of the template and annotations, as kubectl builds it)…
+        assert_eq!(
+            the_write(&a),
+            the_write(&b),
+            "kubectl's and runbook's rollback patches differ"
+        );
+        // …and the same Deployment and ReplicaSets afterwards (revision 4 revives the target).
+        a.settle();
+        b.settle();
+        let (da, db) = (deployment(&a), deployment(&b));
+        assert_eq!(prune(&da["spec"]), prune(&db["spec"]));
+        assert_eq!(da["metadata"]["annotations"], db["metadata"]["annotations"]);
+        assert_eq!(
+            da["metadata"]["annotations"][support::k8s_double::REVISION],
+            "4"
+        );
+        let revisions = |d: &K8sDouble| {
+            let mut v: Vec<(String, String)> = d
+                .list("apps/v1", "ReplicaSet", "prod")
+                .iter()
+                .map(|rs| {
+                    (
+                        rs["metadata"]["annotations"][support::k8s_double::REVISION]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                        image_of(rs),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(revisions(&a), revisions(&b));
+        // kubectl reads the rolled-back Deployment from the runbook's double as it reads its own.
+        let seen_a: Value = serde_json::from_str(&k.ok(
+            "kubectl",
+            &["-n", "prod", "get", "deployment", "web", "-o", "json"],
+        ))
+        .expect("json");
+        b.allow_anonymous();
+        let seen_b: Value = serde_json::from_str(&k.ok(
+            "runbook",
+            &["-n", "prod", "get", "deployment", "web", "-o", "json"],
+        ))
+        .expect("json");
+        assert_eq!(prune(&seen_a["spec"]), prune(&seen_b["spec"]));
+        assert_eq!(image_of(&seen_b), image_of(&seen_a));
+    }
+}
+
+#[test]
+fn scale_does_what_kubectl_scale_does() {
+    let Some(bin) = kubectl() else { return };
+    let (a, b, tmp, kubeconfig) = twins("k8s-scale-kubectl");
+    let k = Kubectl {
+        bin,
+        kubeconfig: kubeconfig.clone(),
+        cache: tmp.join("cache"),
+    };
+    let said = k.ok(
+        "kubectl",
+        &["-n", "prod", "scale", "deployment/web", "--replicas=5"],
+    );
+    assert!(said.contains("scaled"), "kubectl said: {said}");
+    let out = exec(&fixture("scale.yaml"), &kubeconfig)
+        .param("context", "runbook")
+        .param("replicas", "5")
+        .run();
+    out.assert_code(0);
+    let result = &succeeded(&out, "scale")["result"];
+    assert_eq!(result["previous"], 2, "{result}");
+    assert_eq!(result["replicas"], 5, "{result}");
+    // Both through the scale subresource: runbook with a merge patch carrying the
+    // resourceVersion it read as a precondition, kubectl with the same merge patch (kubectl
+    // before 1.15 read the Scale and PUT it back: accepted too).
+    let (ma, pa, ca, ba) = the_write(&a);
+    let (mb, pb, cb, bb) = the_write(&b);
+    assert_eq!(pa, pb);
+    assert_eq!(
+        (mb.as_str(), cb.as_str()),
+        ("PATCH", "application/merge-patch+json")
+    );
+    assert!(
+        (ma.as_str(), ca.as_str()) == ("PATCH", "application/merge-patch+json") || ma == "PUT",
+        "kubectl wrote {ma} {ca}"
+    );
+    assert_eq!(pb, "/apis/apps/v1/namespaces/prod/deployments/web/scale");
+    assert_eq!(ba["spec"], bb["spec"]);
+    assert!(bb["metadata"]["resourceVersion"].is_string(), "{bb}");
+    b.allow_anonymous();
+    for ctx in ["kubectl", "runbook"] {
+        let seen: Value = serde_json::from_str(&k.ok(
+            ctx,
+            &["-n", "prod", "get", "deployment", "web", "-o", "json"],
+        ))
+        .expect("json");
+        assert_eq!(seen["spec"]["replicas"], 5, "{ctx}: {seen}");
+    }
+}
+
+#[test]
+fn get_returns_the_object_kubectl_get_prints() {
+    let Some(bin) = kubectl() else { return };
+    let (a, _b, tmp, kubeconfig) = twins("k8s-get-kubectl");
+    let k = Kubectl {
+        bin,
+        kubeconfig: kubeconfig.clone(),
+        cache: tmp.join("cache"),
+    };
+    for (api_version, kind, name, ns) in [
+        ("apps/v1", "Deployment", "web", "prod"),
+        (
+            "networking.istio.io/v1beta1",
+            "VirtualService",
+            "web",
+            "prod",
+        ),
+        ("v1", "Namespace", "velero", "prod"),
+    ] {
+        let resource = match kind {
+            "VirtualService" => "virtualservices.networking.istio.io".to_owned(),
+            other => other.to_lowercase(),
+        };
+        let printed: Value = serde_json::from_str(
+            &k.ok("kubectl", &["-n", ns, "get", &resource, name, "-o", "json"]),
+        )
+        .expect("kubectl json");
+        let out = exec(&fixture("get.yaml"), &kubeconfig)
+            .param("context", "kubectl")
+            .param("namespace", ns)
+            .param("api_version", api_version)
+            .param("kind", kind)
+            .param("name", name)
+            .run();
+        out.assert_code(0);
+        assert_eq!(
+            succeeded(&out, "get")["result"]["object"],
+            printed,
+            "runbook's result.object differs from `kubectl get -o json` for {kind}/{name}"
+        );
+    }
+    drop(a);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Each operation and its failures
+
+#[test]
+fn every_operation_against_the_current_context() {
+    let d = seeded(PRIMARY_TOKEN);
+    // Slow enough that the rollout gate sees the rollout in progress first, even on a busy machine.
+    d.set_rollout_delay(Duration::from_secs(1));
+    d.insert(json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "db", "namespace": "prod"},
+        "spec": {"replicas": 1, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                 "template": {"metadata": {"labels": {"app": "db"}},
+                              "spec": {"containers": [{"name": "postgres", "image": "postgres:16"}]}}},
+    }));
+    let tmp = TempDir::new("k8s-ops");
+    let kubeconfig = write_kubeconfig(tmp.path(), &[("primary", &d)], "primary");
+    let out = exec(&fixture("ops.yaml"), &kubeconfig).run();
+    out.assert_code(0);
+    // The restart annotation is on the pod template; the strategic patch kept the container.
+    let dep = deployment(&d);
+    assert!(
+        dep["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+            .is_string(),
+        "{dep}"
+    );
+    assert_eq!(image_of(&dep), "registry.example/web:v4");
+    // The operation and where it ran, for the journal.
+    let commands: Vec<String> = out
+        .of("command")
+        .iter()
+        .filter_map(|e| e["command"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        commands.contains(&"set image deployment/web app=registry.example/web:v4 (context primary, namespace prod)".to_owned()),
+        "{commands:#?}"
+    );
+    // Server-side apply with field manager `runbook`, and the ConfigMap deleted afterwards.
+    let applies: Vec<_> = d
+        .writes()
+        .into_iter()
+        .filter(|w| w.content_type.starts_with("application/apply-patch+yaml"))
+        .collect();
+    assert_eq!(applies.len(), 2, "{applies:#?}");
+    assert!(
+        applies
+            .iter()
+            .all(|w| w.query.contains("fieldManager=runbook"))
+    );
+    let restore = d
+        .get("velero.io/v1", "Restore", "velero", "r1")
+        .expect("restore applied");
+    assert_eq!(
+        restore["metadata"]["managedFields"][0]["manager"],
+        "runbook"
+    );
+    assert!(d.get("v1", "ConfigMap", "prod", "runbook-flags").is_none());
+    assert_eq!(
+        d.get("apps/v1", "StatefulSet", "prod", "db").expect("sts")["spec"]["replicas"],
+        2
+    );
+    // A rollout gate that polled until the double's Deployment converged.
+    let polls = out
+        .of_step("check", "rollout")
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .count();
+    assert!(polls >= 1, "the rollout converged at once?\n{}", out.dump());
+    // No credential in anything printed.
+    assert!(!out.stdout.contains(PRIMARY_TOKEN) && !out.stderr.contains(PRIMARY_TOKEN));
+}
+
+#[test]
+fn undo_to_a_revision_that_does_not_exist_lists_those_that_do() {
+    let d = seeded(PRIMARY_TOKEN);
+    let tmp = TempDir::new("k8s-undo-missing");
+    let kubeconfig = write_kubeconfig(tmp.path(), &[("primary", &d)], "primary");
+    let out = exec(&fixture("undo.yaml"), &kubeconfig)
+        .param("context", "primary")
+        .param("to_revision", "7")
+        .run();
+    out.assert_code(1);
+    let error = failed_error(&out, "undo");
+    assert!(
+        error.contains("revision 7 of deployment/web not found")
+            && error.contains("the revisions that exist: 1, 2, 3"),
+        "{error}"
+    );
+    assert!(d.writes().is_empty(), "nothing may change");
+}
+
+#[test]
+fn forbidden_scale_names_the_verb_the_resource_and_the_user() {
+    let d = seeded(DR_TOKEN);
+    let user = "system:serviceaccount:ops:runbook";
+    d.forbid("patch", "deployments/scale", user);
+    let tmp = TempDir::new("k8s-403");
+    let kubeconfig = write_kubeconfig(tmp.path(), &[("dr", &d)], "dr");
+    let out = exec(&fixture("scale.yaml"), &kubeconfig)
+        .param("context", "dr")
+        .run();
+    out.assert_code(1);
+    let error = failed_error(&out, "scale");
+    assert!(error.contains("forbidden (403)"), "{error}");
+    assert!(error.contains(&format!("user \"{user}\"")), "{error}");
+    assert!(
+        error.contains("`patch`") && error.contains("\"deployments/scale\""),
+        "{error}"
+    );
+    assert!(
+        error.contains("namespace \"prod\"") && error.contains("context dr"),
+        "{error}"
+    );
+    assert!(!out.stdout.contains(DR_TOKEN) && !out.stderr.contains(DR_TOKEN));
+}
+
+#[test]
+fn a_conflict_on_the_first_attempt_succeeds_on_retry() {
+    let d = seeded(DR_TOKEN);
+    d.conflict_first_writes(1);
+    let tmp = TempDir::new("k8s-409");
+    let kubeconfig = write_kubeconfig(tmp.path(), &[("dr", &d)], "dr");
+    let out = exec(&fixture("scale.yaml"), &kubeconfig)
+        .param("context", "dr")
+        .param("replicas", "4")
+        .run();
+    out.assert_code(0);
+    let retries = out.of_step("retry", "scale");
+    assert_eq!(retries.len(), 1, "{}", out.dump());
+    let why = retries[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("conflict (409)") && why.contains("the object has been modified"),
+        "{why}"
+    );
+    assert_eq!(succeeded(&out, "scale")["attempts"], 2);
+    assert_eq!(deployment(&d)["spec"]["replicas"], 4);
+}
+
+#[test]
+fn a_rollout_that_never_becomes_healthy_fails_within_its_window() {
+    let d = seeded(PRIMARY_TOKEN);
+    d.never_healthy("prod", "web");
+    let tmp = TempDir::new("k8s-never");
+    let kubeconfig = write_kubeconfig(tmp.path(), &[("primary", &d)], "primary");
+    let started = Instant::now();
+    let out = exec(&fixture("gate-never.yaml"), &kubeconfig)
+        .param("context", "primary")
+        .param("image", "registry.example/web:v4-broken")
+        .run();
+    let took = started.elapsed();
+    out.assert_code(1);
+    let error = failed_error(&out, "set-image");
+    assert!(
+        error.contains("0 of 2 updated replicas are available")
+            && error.contains("still failing after 2s"),
+        "{error}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(!out.touched("after") || out.of_step("step_started", "after").is_empty());
+}
+
+#[test]
+fn failures_are_clear_and_never_leak_the_token() {
+    let d = seeded(PRIMARY_TOKEN);
+    let tmp = TempDir::new("k8s-errors");
+    // A context whose server is not listening, one with a wrong token.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_url = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let kubeconfig = write_kubeconfig(tmp.path(), &[("primary", &d)], "primary");
+    let extra = format!(
+        "{}\n# appended: two more contexts\n",
+        std::fs::read_to_string(&kubeconfig).expect("read")
+    );
+    let extra = extra
+        .replace(
+            "contexts:\n",
+            "contexts:\n- name: down\n  context:\n    cluster: down-cluster\n    user: primary-user\n- name: stale\n  context:\n    cluster: primary-cluster\n    user: stale-user\n",
+        )
+        .replace(
+            "clusters:\n",
+            &format!("clusters:\n- name: down-cluster\n  cluster:\n    server: {dead_url}\n"),
+        )
+        .replace("users:\n", "users:\n- name: stale-user\n  user:\n    token: expired-token-0000\n");
+    std::fs::write(&kubeconfig, extra).expect("write kubeconfig");
+    let run = |context: &str, extra: &[(&str, &str)]| {
+        let mut rb = exec(&fixture("errors.yaml"), &kubeconfig).param("context", context);
+        for (k, v) in extra {
+            rb = rb.param(k, v);
+        }
+        let out = rb.run();
+        out.assert_code(1);
+        assert!(!out.stdout.contains(PRIMARY_TOKEN) && !out.stderr.contains(PRIMARY_TOKEN));
+        assert!(!out.stdout.contains("expired-token-0000"));
+        failed_error(&out, "read")
+    };
+    let e = run("nope", &[]);
+    assert!(
+        e.contains("unknown kubeconfig context `nope`")
+            && e.contains("the contexts that exist: down, stale, primary"),
+        "{e}"
+    );
+    let e = run("down", &[]);
+    assert!(
+        e.contains("cannot reach the API server of context down at") && e.contains(&dead_url),
+        "{e}"
+    );
+    let e = run("stale", &[]);
+    assert!(e.contains("unauthorized (401)"), "{e}");
+    let e = run("primary", &[("name", "nope")]);
+    assert!(
+        e.contains("not found (404)") && e.contains("deployments.apps \"nope\" not found"),
+        "{e}"
+    );
+    let e = run(
+        "primary",
+        &[
+            ("api_version", "argoproj.io/v1alpha1"),
+            ("kind", "AnalysisRun"),
+        ],
+    );
+    assert!(
+        e.contains("argoproj.io/v1alpha1 has no kind AnalysisRun"),
+        "{e}"
+    );
+    let e = run(
+        "primary",
+        &[("api_version", "example.com/v1"), ("kind", "Widget")],
+    );
+    assert!(e.contains("does not serve example.com/v1"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The project's runbooks end to end
+
+/// What the runbooks talk to besides Kubernetes: the health endpoint, the chat webhook, the
+/// Prometheus HTTP API, the Cloudflare DNS API and DNS-over-HTTPS — one axum server.
+struct Services {
+    url: String,
+    state: Arc<Mutex<Web>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+#[derive(Debug, Default)]
+struct Web {
+    record_ip: String,
+    notifications: Vec<Value>,
+    dns_puts: Vec<Value>,
+    queries: Vec<String>,
+}
+
+const CF_TOKEN: &str = "cf-token-4d2b";
+
+impl Services {
+    fn start(record_ip: &str) -> Self {
+        use axum::Json;
+        use axum::extract::{Query, State};
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::routing::{get, post};
+        use std::collections::HashMap;
+
+        type St = State<Arc<Mutex<Web>>>;
+        let state = Arc::new(Mutex::new(Web {
+            record_ip: record_ip.to_owned(),
+            ..Web::default()
+        }));
+        let record = |ip: &str| {
+            json!({"success": true, "errors": [], "result": {
+                "id": "rec-456", "type": "A", "name": "api.edgelink.com", "content": ip, "ttl": 60, "proxied": false}})
+        };
+        let authorized = |h: &HeaderMap| {
+            h.get("authorization").and_then(|v| v.to_str().ok())
+                == Some(&format!("Bearer {CF_TOKEN}"))
+        };
+        let app = axum::Router::new()
+            .route("/health", get(|| async { Json(json!({"status": "healthy"})) }))
+            .route(
+                "/notify",
+                post(|State(s): St, Json(body): Json<Value>| async move {
+                    s.lock().expect("lock").notifications.push(body);
+                    "ok"
+                }),
+            )
+            .route(
+                "/prometheus/api/v1/query",
+                get(|State(s): St, Query(q): Query<HashMap<String, String>>| async move {
+                    let query = q.get("query").cloned().unwrap_or_default();
+                    let value = if query.contains("histogram_quantile") { "0.12" } else { "0.002" };
+                    s.lock().expect("lock").queries.push(query);
+                    Json(json!({"status": "success", "data": {"resultType": "vector",
+                        "result": [{"metric": {}, "value": [1_700_000_000.0, value]}]}}))
+                }),
+            )
+            .route(
+                "/cloudflare/zones/{zone}/dns_records/{record}",
+                get(move |State(s): St, h: HeaderMap| async move {
+                    if !authorized(&h) {
+                        return (StatusCode::FORBIDDEN, Json(json!({"success": false})));
+                    }
+                    let ip = s.lock().expect("lock").record_ip.clone();
+                    (StatusCode::OK, Json(record(&ip)))
+                })
+                .put(move |State(s): St, h: HeaderMap, Json(body): Json<Value>| async move {
+                    if !authorized(&h) {
+                        return (StatusCode::FORBIDDEN, Json(json!({"success": false})));
+                    }
+                    let mut w = s.lock().expect("lock");
+                    body["content"].as_str().unwrap_or_default().clone_into(&mut w.record_ip);
+                    w.dns_puts.push(body);
+                    (StatusCode::OK, Json(record(&w.record_ip)))
+                }),
+            )
+            .route(
+                "/dns-query",
+                get(|State(s): St| async move {
+                    let ip = s.lock().expect("lock").record_ip.clone();
+                    Json(json!({"Status": 0, "Answer": [{"name": "api.edgelink.com.", "type": 1, "TTL": 60, "data": ip}]}))
+                }),
+            )
+            .with_state(state.clone());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = rx.await;
+                    })
+                    .await;
+            });
+        });
+        Self {
+            url,
+            state,
+            _stop: tx,
+        }
+    }
+
+    fn web(&self) -> std::sync::MutexGuard<'_, Web> {
+        self.state.lock().expect("lock")
+    }
+}
+
+#[test]
+fn app_rollback_with_strategy_rollout_rolls_back_and_passes_its_gates() {
+    let d = seeded(PRIMARY_TOKEN);
+    // The rollback converges a little later: the rollout gate (polled every 10 s) sees it in
+    // progress, then complete.
+    d.set_rollout_delay(Duration::from_secs(3));
+    let web = Services::start("198.51.100.7");
+    let tmp = TempDir::new("k8s-app-rollback");
+    let kubeconfig = write_kubeconfig(tmp.path(), &[("primary", &d)], "primary");
+    let started = Instant::now();
+    let out = exec(&runbook_file("app-rollback.yaml"), &kubeconfig)
+        .param("strategy", "rollout")
+        // Skip the 5xx confirmation (it would need a real incident in the metrics).
+        .param("force", "true")
+        .param("namespace", "prod")
+        .param("deployment", "web")
+        .param("pod_selector", "app=web")
+        .param("health_url", &format!("{}/health", web.url))
+        .param("prometheus_url", &format!("{}/prometheus", web.url))
+        .param("prom_selector", "namespace=\"prod\"")
+        .env("NOTIFY_WEBHOOK_URL", &format!("{}/notify", web.url))
+        .run();
+    eprintln!(
+        "app-rollback (strategy=rollout) against the double took {:?}",
+        started.elapsed()
+    );
+    out.assert_code(0);
+    let undo = &succeeded(&out, "rollout-undo")["result"];
+    assert_eq!(undo["from_revision"], 3, "{undo}");
+    assert_eq!(undo["to_revision"], 2, "{undo}");
+    assert_eq!(undo["images_after"]["app"], IMAGES[1], "{undo}");
+    let dep = deployment(&d);
+    assert_eq!(image_of(&dep), IMAGES[1]);
+    assert_eq!(
+        dep["metadata"]["annotations"][support::k8s_double::REVISION],
+        "4"
+    );
+    // The rollout gate saw the rollout in progress, then complete.
+    let polls: Vec<bool> = out
+        .of_step("check", "verify-rollout")
+        .iter()
+        .map(|c| c["passed"] == true)
+        .collect();
+    assert_eq!(polls.first(), Some(&false), "{}", out.dump());
+    assert_eq!(polls.last(), Some(&true), "{}", out.dump());
+    for gate in [
+        "verify-pods",
+        "verify-health",
+        "verify-error-rate",
+        "verify-latency",
+    ] {
+        succeeded(&out, gate);
+    }
+    for skipped in [
+        "confirm-incident",
+        "helm-rollback",
+        "rollout-undo-to-revision",
+        "set-image",
+        "canary-weight-zero",
+        "blue-green-switch",
+        "db-rollback",
+    ] {
+        assert!(
+            out.of_step("step_succeeded", skipped).is_empty(),
+            "{skipped} ran"
+        );
+    }
+    let w = web.web();
+    assert_eq!(w.queries.len(), 2, "{:?}", w.queries);
+    assert!(
+        w.queries
+            .iter()
+            .all(|q| q.contains("[5m:30s]") && q.contains("namespace=\"prod\"")),
+        "{:?}",
+        w.queries
+    );
+    let texts: Vec<&str> = w
+        .notifications
+        .iter()
+        .filter_map(|n| n["text"].as_str())
+        .collect();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(texts[1].contains("succeeded"), "{texts:?}");
+}
+
+#[test]
+fn dr_failover_end_to_end_against_two_clusters() {
+    let primary = seeded(PRIMARY_TOKEN);
+    let dr = K8sDouble::start(DR_TOKEN);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| i64::try_from(t.as_secs()).unwrap_or(0));
+    dr.insert(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "velero"}}));
+    dr.insert(
+        json!({"apiVersion": "velero.io/v1", "kind": "BackupStorageLocation",
+        "metadata": {"name": "default", "namespace": "velero"},
+        "spec": {"provider": "aws", "objectStorage": {"bucket": "edgelink-backups"}},
+        "status": {"phase": "Available", "lastSyncedTime": now_rfc3339()}}),
+    );
+    for (name, age_s, phase) in [
+        ("daily-backup-old", 3 * 3600, "Completed"),
+        ("daily-backup-recent", 300, "Completed"),
+        ("daily-backup-failed", 60, "Failed"),
+    ] {
+        dr.insert(json!({"apiVersion": "velero.io/v1", "kind": "Backup",
+            "metadata": {"name": name, "namespace": "velero", "labels": {"velero.io/schedule-name": "daily-backup"}},
+            "spec": {"includedNamespaces": ["edgelink-prod"]},
+            "status": {"phase": phase, "completionTimestamp": rfc3339(now - age_s)}}));
+    }
+    dr.set_restored_pvcs(&["data-postgres-0", "uploads"]);
+    // The DR database, restored: the data checks run for real.
+    let pg = support::pg::PgCluster::start();
+    pg.create_database("edgelink", "postgres");
+    pg.psql(
+        "edgelink",
+        "CREATE TABLE devices (id int); CREATE TABLE virtual_networks (id int);
+         CREATE TABLE sessions (id int, ended_at timestamptz);
+         INSERT INTO devices VALUES (1), (2); INSERT INTO virtual_networks VALUES (1);
+         INSERT INTO sessions VALUES (1, NULL);",
+    );
+    let web = Services::start("192.0.2.10");
+    let tmp = TempDir::new("k8s-dr");
+    // The current context is the primary: every step must name the DR context to reach it.
+    let kubeconfig = write_kubeconfig(tmp.path(), &[("primary", &primary), ("dr", &dr)], "primary");
+    let path = format!(
+        "{}:{}",
+        fixture("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let started = Instant::now();
+    let out = exec(&runbook_file("dr-failover.yaml"), &kubeconfig)
+        .param("dr_context", "dr")
+        .param("zone_id", "zone-123")
+        .param("record_id", "rec-456")
+        .param("dr_cluster_ip", "203.0.113.10")
+        .param("dr_health_url", &format!("{}/health", web.url))
+        .param("cloudflare_api", &format!("{}/cloudflare", web.url))
+        .param("doh_url", &format!("{}/dns-query", web.url))
+        .param("public_url", &web.url)
+        .param(
+            "smoke_test_script",
+            fixture("smoke-test.sh").to_str().expect("utf-8"),
+        )
+        .param("wait_dns_propagation", "false")
+        .env("PATH", &path)
+        .env("RUNBOOK_BIN", env!("CARGO_BIN_EXE_runbook"))
+        .env("CF_TOKEN", CF_TOKEN)
+        .env("DR_PG_DSN", &pg.superuser_dsn("edgelink"))
+        .env("NOTIFY_WEBHOOK_URL", &format!("{}/notify", web.url))
+        .run();
+    let took = started.elapsed();
+    eprintln!(
+        "dr-failover end to end against the doubles (two clusters, DNS, Postgres; propagation wait skipped): {:.1} s",
+        took.as_secs_f64()
+    );
+    out.assert_code(0);
+    assert_eq!(
+        succeeded(&out, "pick-backup")["outputs"]["backup"]["metadata"]["name"],
+        "daily-backup-recent"
+    );
+    let scale = &succeeded(&out, "scale-up")["result"];
+    assert_eq!(
+        (scale["previous"].as_i64(), scale["replicas"].as_i64()),
+        (Some(1), Some(3))
+    );
+    assert!(out.of_step("step_succeeded", "dns-propagation").is_empty());
+    for step in [
+        "velero-restore",
+        "verify-pvcs",
+        "helm-install",
+        "dr-rollout",
+        "dr-pods",
+        "dr-health",
+        "dr-data-present",
+        "dns-switch",
+        "smoke-tests",
+        "data-consistency",
+        "notify",
+    ] {
+        succeeded(&out, step);
+    }
+    // Everything happened in the DR cluster; the primary (the current context) was not touched.
+    assert!(primary.requests().is_empty(), "{:#?}", primary.requests());
+    assert!(dr.requests().iter().all(|r| r.authenticated));
+    let restores = dr.list("velero.io/v1", "Restore", "velero");
+    assert_eq!(restores.len(), 1);
+    assert_eq!(restores[0]["spec"]["backupName"], "daily-backup-recent");
+    assert_eq!(restores[0]["status"]["phase"], "Completed");
+    let api = dr
+        .get(
+            "apps/v1",
+            "Deployment",
+            "edgelink-prod",
+            "edge-link-production-api-gateway",
+        )
+        .expect("installed");
+    assert_eq!(api["spec"]["replicas"], 3);
+    let w = web.web();
+    assert_eq!(w.record_ip, "203.0.113.10");
+    assert_eq!(w.dns_puts.len(), 1);
+    let last = w
+        .notifications
+        .last()
+        .and_then(|n| n["text"].as_str())
+        .unwrap_or_default();
+    assert!(
+        last.contains("succeeded") && last.contains("192.0.2.10"),
+        "{last}"
+    );
+}
