@@ -251,7 +251,8 @@ pub fn execute(launch: &Launch<'_>) -> Result<Outcome, ExecError> {
     let user = current_user();
     let host = current_host();
     let display = reporter_for(launch.options.output);
-    let shown_params = crate::plan::shown_params(c, launch.params);
+    let shown_params =
+        serde_json::to_value(crate::plan::shown_params(c, launch.params)).unwrap_or_default();
 
     // Lock and run record come first: if either fails, nothing has happened.
     let mut lock = None;

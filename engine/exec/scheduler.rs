@@ -31,7 +31,8 @@ pub(super) async fn run(
         shared.emit(&Event::RunStarted {
             run_id: shared.run_id.clone(),
             runbook: c.runbook.runbook.value.clone(),
-            params: crate::plan::shown_params(&c, &params),
+            params: serde_json::to_value(crate::plan::shown_params(&c, &params))
+                .unwrap_or_default(),
             user: shared.user.clone(),
             host: shared.host.clone(),
         });
@@ -230,14 +231,7 @@ async fn dag(
                     })
                 }) {
                     let reason = format!("upstream step `{}` did not succeed", c.steps[*bad].id);
-                    shared.emit(&Event::StepSkipped {
-                        step: name(i),
-                        reason: reason.clone(),
-                        by_guard: false,
-                    });
-                    let end = StepEnd::skipped(reason);
-                    expose(state, c, i, &end);
-                    ends.insert(i, end);
+                    skip(shared, state, ends, c, i, &name(i), reason);
                     k = 0;
                     continue;
                 }
@@ -289,14 +283,7 @@ async fn dag(
         } else {
             "the run stopped before it".to_owned()
         };
-        shared.emit(&Event::StepSkipped {
-            step: name(i),
-            reason: reason.clone(),
-            by_guard: false,
-        });
-        let end = StepEnd::skipped(reason);
-        expose(state, c, i, &end);
-        ends.insert(i, end);
+        skip(shared, state, ends, c, i, &name(i), reason);
     }
     if shared.is_cancelled() {
         return Some(if outcome == Some(RunStatus::Aborted) {
@@ -306,6 +293,26 @@ async fn dag(
         });
     }
     outcome
+}
+
+/// Record that a step will not run (not by its own guard: a resumed run runs it).
+fn skip(
+    shared: &Shared,
+    state: &mut TemplateState,
+    ends: &mut BTreeMap<usize, StepEnd>,
+    c: &Compiled,
+    i: usize,
+    name: &str,
+    reason: String,
+) {
+    shared.emit(&Event::StepSkipped {
+        step: name.to_owned(),
+        reason: reason.clone(),
+        by_guard: false,
+    });
+    let end = StepEnd::skipped(reason);
+    expose(state, c, i, &end);
+    ends.insert(i, end);
 }
 
 /// Make a finished (or skipped) step visible to later templates as `steps.<id>`.

@@ -206,21 +206,19 @@ pub struct Plan {
 }
 
 /// Params as they may be shown and stored: values of `secret: true` params replaced by `***`.
-pub fn shown_params(c: &Compiled, params: &ParamValues) -> serde_json::Value {
+pub fn shown_params(c: &Compiled, params: &ParamValues) -> BTreeMap<String, serde_json::Value> {
     let secret = secret_params(c);
-    serde_json::Value::Object(
-        params
-            .iter()
-            .map(|(k, v)| {
-                let v = if secret.contains(&k.as_str()) {
-                    serde_json::Value::String("***".into())
-                } else {
-                    v.clone()
-                };
-                (k.clone(), v)
-            })
-            .collect(),
-    )
+    params
+        .iter()
+        .map(|(k, v)| {
+            let v = if secret.contains(&k.as_str()) {
+                serde_json::Value::String("***".into())
+            } else {
+                v.clone()
+            };
+            (k.clone(), v)
+        })
+        .collect()
 }
 
 /// The hash that binds a plan to a runbook and its params.
@@ -315,25 +313,13 @@ pub fn build(c: &Compiled, params: &ParamValues) -> Result<Plan, Vec<Diagnostic>
         return Err(diags);
     }
     let summary = summarize(c, &steps, &finally);
-    let secret = secret_params(c);
-    let shown_params = params
-        .iter()
-        .map(|(k, v)| {
-            let v = if secret.contains(&k.as_str()) {
-                serde_json::Value::String("***".into())
-            } else {
-                v.clone()
-            };
-            (k.clone(), v)
-        })
-        .collect();
     Ok(Plan {
         format: PLAN_FORMAT,
         runbook: c.runbook.runbook.value.clone(),
         description: c.runbook.description.clone(),
         file: c.file.name.clone(),
         runbook_hash: c.hash.clone(),
-        params: shown_params,
+        params: shown_params(c, params),
         plan_hash: plan_hash(&c.hash, params),
         rto: c.rto.map(duration::format),
         rpo: c.rpo.map(duration::format),
