@@ -204,17 +204,16 @@ mod process {
             (o, e)
         })
         .await;
-        let ((stdout, t1), (stderr, t2)) = match drained {
-            Ok((o, e)) => (o.unwrap_or_default(), e.unwrap_or_default()),
-            Err(_) => {
-                if pgid != 0 {
-                    kill_group(pgid);
-                }
-                (
-                    out_task.await.unwrap_or_default(),
-                    err_task.await.unwrap_or_default(),
-                )
+        let ((stdout, t1), (stderr, t2)) = if let Ok((o, e)) = drained {
+            (o.unwrap_or_default(), e.unwrap_or_default())
+        } else {
+            if pgid != 0 {
+                kill_group(pgid);
             }
+            (
+                out_task.await.unwrap_or_default(),
+                err_task.await.unwrap_or_default(),
+            )
         };
         Ok(Finished {
             exit_code: code,
