@@ -170,24 +170,31 @@ async fn wait_for_store(
             .map_err(|e| ActionError::Failed(format!("failed to read approvals: {e}")))?;
         let fresh: Vec<_> = records.into_iter().filter(|r| r.at_ms >= since).collect();
         for r in fresh.iter().skip(seen) {
+            // Anyone may deny (a stop button must always work); approvals must be allowed.
+            let verdict = if r.decision {
+                allowed(&r.approver).map(|()| true)
+            } else {
+                Ok(false)
+            };
+            let decision = match &verdict {
+                Ok(true) => "approved",
+                Ok(false) => "denied",
+                Err(_) => "refused",
+            };
             shared.emit(&Event::Approval {
                 step: ctx.step().to_owned(),
                 approver: r.approver.clone(),
-                decision: if r.decision {
-                    "approved".to_owned()
-                } else {
-                    "denied".to_owned()
-                },
+                decision: decision.to_owned(),
                 via: r.via.clone(),
             });
-            if !r.decision {
-                return Err(ActionError::Denied(format!(
-                    "approval denied by {} ({})",
-                    r.approver, r.via
-                )));
-            }
-            match allowed(&r.approver) {
-                Ok(()) => {
+            match verdict {
+                Ok(false) => {
+                    return Err(ActionError::Denied(format!(
+                        "approval denied by {} ({})",
+                        r.approver, r.via
+                    )));
+                }
+                Ok(true) => {
                     if !approvers.contains(&r.approver) {
                         approvers.push(r.approver.clone());
                     }

@@ -203,7 +203,7 @@ impl JournalReporter {
                         approver,
                         decision,
                         via,
-                    } if via != "cli" => Some(self.audit(
+                    } if via != "cli" || decision == "refused" => Some(self.audit(
                         Some(step),
                         "approval",
                         Some(approver.clone()),
@@ -227,12 +227,14 @@ impl JournalReporter {
                         "started",
                         serde_json::json!({ "steps": steps, "not_compensated": not_compensated }),
                     )),
-                    Event::Resumed { decisions, .. } => Some(self.audit(
+                    Event::Resumed {
+                        decisions, changed, ..
+                    } => Some(self.audit(
                         None,
                         "run.resume",
                         None,
                         "resumed",
-                        serde_json::json!({ "decisions": decisions }),
+                        serde_json::json!({ "decisions": decisions, "changed": changed }),
                     )),
                     _ => None,
                 };

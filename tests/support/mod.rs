@@ -196,12 +196,14 @@ impl Runbook {
             .env("NO_COLOR", "1");
         // Each invocation journals into its own state directory unless the test chose one, so
         // parallel tests never share locks or runs.
+        let mut own_state = None;
         if !self.env.iter().any(|(k, _)| k == "RUNBOOK_STATE_DIR") {
             static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
             let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let dir =
                 std::env::temp_dir().join(format!("runbook-test-state-{}-{n}", std::process::id()));
-            cmd.env("RUNBOOK_STATE_DIR", dir);
+            cmd.env("RUNBOOK_STATE_DIR", &dir);
+            own_state = Some(dir);
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -241,6 +243,9 @@ impl Runbook {
             std::thread::sleep(Duration::from_millis(10));
         };
         let elapsed = started.elapsed();
+        if let Some(dir) = own_state {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         let stdout_raw = out_t.join().expect("stdout reader");
         let stderr_raw = err_t.join().expect("stderr reader");
         let stdout = String::from_utf8_lossy(&stdout_raw).into_owned();
