@@ -108,8 +108,7 @@ fn main() {
         String::from_utf8_lossy(&out.stderr)
     );
     println!(
-        "  resume of a {N}-step journal (1 step left): {:.3} s",
-        resume
+        "  resume of a {N}-step journal (1 step left): {resume:.3} s"
     );
 
     // Audit verify throughput over everything written above.

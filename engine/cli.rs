@@ -526,7 +526,7 @@ pub(crate) fn launch(
     let unsupported = crate::exec::unsupported_steps(compiled);
     if !unsupported.is_empty() {
         eprintln!(
-            "error: failed to start: this version of runbook cannot execute {}\n  help: `plan` and `validate` support every kind; execution of k8s, sql and prometheus arrives in later versions",
+            "error: failed to start: this version of runbook cannot execute {}\n  help: `plan` and `validate` support every kind; this build cannot execute these",
             unsupported.join(", ")
         );
         return exit::INVALID;

@@ -261,6 +261,10 @@ impl ActionCtx {
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
+    /// The compiled runbook this action belongs to (runbook-level defaults such as `prometheus`).
+    pub fn runbook(&self) -> &Compiled {
+        &self.compiled
+    }
 }
 
 /// Everything templates of a run can read, updated as steps finish.

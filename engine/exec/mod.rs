@@ -147,7 +147,8 @@ pub fn resolve_secrets(c: &Compiled) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-/// The steps this build cannot execute (k8s, sql, prometheus arrive in later versions).
+/// The steps this build cannot execute (a kind whose `Perform::executable` says no): `exec`
+/// refuses such a runbook before anything runs rather than failing halfway.
 pub fn unsupported_steps(c: &Compiled) -> Vec<String> {
     let mut out = Vec::new();
     for i in 0..c.steps.len() {

@@ -249,7 +249,7 @@ impl Action<'_> {
         }
     }
 
-    /// Whether this build can perform the action (`k8s`, `sql`, `prometheus` arrive later).
+    /// Whether this build can perform the action.
     pub fn supported(&self) -> bool {
         match self {
             Action::Run(a) => a.executable(),

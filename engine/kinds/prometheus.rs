@@ -17,6 +17,13 @@ pub struct PrometheusSpec {
     #[serde(default)]
     pub url: Option<Spanned<String>>,
     /// Sustained: the assert must hold for every sample over this window.
+    // (Not doc comments: those become the JSON Schema's descriptions, pinned in `schemas/`.)
+    // The query is run as a range query over `[now - for, now]` (step: a sixtieth of the window,
+    // at least 1s). The engine evaluates a check's `assert` once, on the whole `result`, so a
+    // sustained assert reads the extremes of every sample of every series: `result.max` and
+    // `result.min` (`result.max < 0.01` means "every sample stayed under 1 %"); `result.values`
+    // lists every sample, `result.samples` counts them, and `result.value` is the last sample
+    // (of a single series).
     #[serde(default, rename = "for")]
     pub sustained: Option<Spanned<DurationText>>,
     /// What an empty result means.
@@ -70,12 +77,468 @@ impl Kind for PrometheusSpec {
     }
 }
 
-impl super::Perform for PrometheusSpec {
-    fn perform<'a>(&'a self, _ctx: &'a crate::exec::ActionCtx) -> super::PerformFuture<'a> {
-        Box::pin(async move { Err(crate::exec::ActionError::Unsupported("prometheus")) })
+/// Environment variable naming the Prometheus server when neither the check nor the runbook does.
+pub const URL_ENV: &str = "RUNBOOK_PROMETHEUS_URL";
+
+/// Bytes of an unexpected (non-JSON) answer quoted in an error.
+const EXCERPT: usize = 300;
+
+/// A JSON number for a sample: NaN has none (null, and it is left out of `min`/`max`), infinities
+/// become the largest finite values so comparisons keep their meaning.
+fn json_number(v: f64) -> serde_json::Value {
+    if v.is_nan() {
+        serde_json::Value::Null
+    } else if v.is_infinite() {
+        serde_json::json!(if v > 0.0 { f64::MAX } else { f64::MIN })
+    } else {
+        serde_json::json!(v)
     }
-    fn executable(&self) -> bool {
-        // Validated and planned today; executed from a later version (see README).
-        false
+}
+
+/// A sample value as Prometheus writes it: `[timestamp, "1.5"]`.
+fn sample_value(pair: &serde_json::Value) -> Option<f64> {
+    let text = pair.get(1)?.as_str()?;
+    text.parse::<f64>().ok()
+}
+
+/// One series of an answer: its labels and its samples, in time order.
+struct Series {
+    labels: serde_json::Value,
+    samples: Vec<f64>,
+}
+
+/// The samples of a `vector` or `matrix` answer, per series.
+fn series_of(result: &serde_json::Value) -> Vec<Series> {
+    result
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|item| {
+                    let labels = item
+                        .get("metric")
+                        .cloned()
+                        .unwrap_or_else(|| serde_json::json!({}));
+                    let samples =
+                        if let Some(values) = item.get("values").and_then(|v| v.as_array()) {
+                            values.iter().filter_map(sample_value).collect()
+                        } else {
+                            item.get("value")
+                                .and_then(sample_value)
+                                .into_iter()
+                                .collect()
+                        };
+                    Series { labels, samples }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The smallest and largest samples, NaN left out (`None` when every sample is NaN).
+fn extremes(samples: &[f64]) -> Option<(f64, f64)> {
+    samples
+        .iter()
+        .copied()
+        .filter(|v| !v.is_nan())
+        .fold(None, |acc, v| match acc {
+            None => Some((v, v)),
+            Some((lo, hi)) => Some((f64::min(lo, v), f64::max(hi, v))),
+        })
+}
+
+/// A number for a summary line.
+fn short(v: f64) -> String {
+    let s = format!("{v:.6}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s.is_empty() || s == "-" {
+        "0".to_owned()
+    } else {
+        s.to_owned()
+    }
+}
+
+/// How a query is run: at one instant, or over a window.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Instant,
+    Range {
+        window: std::time::Duration,
+        step: std::time::Duration,
+    },
+}
+
+impl PrometheusSpec {
+    /// The server: the check's `url`, else the runbook's `prometheus`, else `RUNBOOK_PROMETHEUS_URL`.
+    fn server(&self, ctx: &crate::exec::ActionCtx) -> Result<String, crate::exec::ActionError> {
+        use crate::exec::ActionError;
+        let r = ctx.renderer();
+        let render = |t: &str| {
+            r.render(t, Escape::None)
+                .map(|s| s.trim().to_owned())
+                .map_err(|e| ActionError::Failed(e.to_string()))
+        };
+        let url = if let Some(u) = &self.url {
+            render(&u.value)?
+        } else if let Some(u) = &ctx.runbook().runbook.prometheus {
+            render(&u.value)?
+        } else {
+            std::env::var(URL_ENV).unwrap_or_default().trim().to_owned()
+        };
+        if url.is_empty() {
+            return Err(ActionError::Failed(format!(
+                "no Prometheus server for this check: give it `url:`, set the runbook's \
+                 `prometheus:`, or set {URL_ENV}"
+            )));
+        }
+        Ok(url.trim_end_matches('/').to_owned())
+    }
+
+    fn mode(&self) -> Result<Mode, crate::exec::ActionError> {
+        let Some(w) = &self.sustained else {
+            return Ok(Mode::Instant);
+        };
+        let window = crate::duration::parse(&w.value.0).map_err(|e| {
+            crate::exec::ActionError::Failed(format!("invalid `for: {}`: {e}", w.value.0))
+        })?;
+        let step = (window / 60).max(std::time::Duration::from_secs(1));
+        Ok(Mode::Range { window, step })
+    }
+}
+
+/// Seconds since the epoch, as Prometheus reads them.
+fn epoch_seconds(ms: i64) -> String {
+    format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000))
+}
+
+/// Build the result of a successful answer.
+fn result_of(
+    spec: &PrometheusSpec,
+    data: &serde_json::Value,
+    mode: Mode,
+    base: serde_json::Value,
+) -> Result<crate::exec::ActionResult, crate::exec::ActionError> {
+    let result_type = data
+        .get("resultType")
+        .and_then(|t| t.as_str())
+        .unwrap_or("")
+        .to_owned();
+    let raw = data
+        .get("result")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    let mut value = base;
+    value["result_type"] = serde_json::json!(result_type);
+    if let Mode::Range { window, step } = mode {
+        value["window"] = serde_json::json!(crate::duration::format(window));
+        value["step"] = serde_json::json!(crate::duration::format(step));
+    }
+    // A string answer has no numbers: hand it over as it is.
+    if result_type == "string" {
+        let text = raw.get(1).cloned().unwrap_or(serde_json::Value::Null);
+        value["value"] = text.clone();
+        value["empty"] = serde_json::json!(false);
+        return Ok(crate::exec::ActionResult {
+            value,
+            ok: true,
+            summary: format!("string {text}"),
+            exit_code: None,
+            http_status: None,
+        });
+    }
+    let series: Vec<Series> = if result_type == "scalar" {
+        vec![Series {
+            labels: serde_json::json!({}),
+            samples: sample_value(&raw).into_iter().collect(),
+        }]
+    } else {
+        series_of(&raw)
+            .into_iter()
+            .filter(|s| !s.samples.is_empty())
+            .collect()
+    };
+    let all: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.samples.iter().copied())
+        .collect();
+    let when = match mode {
+        Mode::Instant => String::new(),
+        Mode::Range { window, .. } => format!(" over {}", crate::duration::format(window)),
+    };
+    if all.is_empty() {
+        value["empty"] = serde_json::json!(true);
+        value["series"] = serde_json::json!([]);
+        value["values"] = serde_json::json!([]);
+        value["samples"] = serde_json::json!(0);
+        let (ok, summary) = match spec.on_empty {
+            // An error rather than `ok: false`, so that no `assert` can turn it into a pass.
+            OnEmpty::Fail => {
+                return Err(crate::exec::ActionError::Failed(format!(
+                    "query returned no data{when} (on_empty: fail)"
+                )));
+            }
+            OnEmpty::Pass => {
+                value["value"] = serde_json::Value::Null;
+                (
+                    true,
+                    format!("query returned no data{when} (on_empty: pass)"),
+                )
+            }
+            OnEmpty::Zero => {
+                value["value"] = serde_json::json!(0.0);
+                value["min"] = serde_json::json!(0.0);
+                value["max"] = serde_json::json!(0.0);
+                value["values"] = serde_json::json!([0.0]);
+                (
+                    true,
+                    format!("query returned no data{when}; value 0 (on_empty: zero)"),
+                )
+            }
+        };
+        return Ok(crate::exec::ActionResult {
+            value,
+            ok,
+            summary,
+            exit_code: None,
+            http_status: None,
+        });
+    }
+    let (min, max) = extremes(&all).unwrap_or((f64::NAN, f64::NAN));
+    value["empty"] = serde_json::json!(false);
+    value["samples"] = serde_json::json!(all.len());
+    value["values"] = serde_json::Value::Array(all.iter().copied().map(json_number).collect());
+    if !min.is_nan() {
+        value["min"] = json_number(min);
+        value["max"] = json_number(max);
+    }
+    value["series"] = serde_json::Value::Array(
+        series
+            .iter()
+            .map(|s| {
+                let last = s.samples.last().copied().unwrap_or(f64::NAN);
+                let mut out = serde_json::json!({"labels": s.labels, "value": json_number(last)});
+                if matches!(mode, Mode::Range { .. }) || s.samples.len() > 1 {
+                    out["values"] = serde_json::Value::Array(
+                        s.samples.iter().copied().map(json_number).collect(),
+                    );
+                    if let Some((lo, hi)) = extremes(&s.samples) {
+                        out["min"] = json_number(lo);
+                        out["max"] = json_number(hi);
+                    }
+                }
+                out
+            })
+            .collect(),
+    );
+    let summary = if series.len() == 1 {
+        let last = series[0].samples.last().copied().unwrap_or(f64::NAN);
+        value["value"] = json_number(last);
+        if let Mode::Range { .. } = mode {
+            format!(
+                "{} samples{when}: min {}, max {}, last {}",
+                all.len(),
+                short(min),
+                short(max),
+                short(last)
+            )
+        } else {
+            format!("value {}", short(last))
+        }
+    } else if let Mode::Range { .. } = mode {
+        format!(
+            "{} series, {} samples{when}: min {}, max {}",
+            series.len(),
+            all.len(),
+            short(min),
+            short(max)
+        )
+    } else {
+        format!(
+            "{} series: min {}, max {}",
+            series.len(),
+            short(min),
+            short(max)
+        )
+    };
+    Ok(crate::exec::ActionResult {
+        value,
+        ok: true,
+        summary,
+        exit_code: None,
+        http_status: None,
+    })
+}
+
+impl super::Perform for PrometheusSpec {
+    fn perform<'a>(&'a self, ctx: &'a crate::exec::ActionCtx) -> super::PerformFuture<'a> {
+        Box::pin(async move {
+            use crate::exec::ActionError;
+            let query = ctx
+                .renderer()
+                .render(&self.query.value, Escape::None)
+                .map_err(|e| ActionError::Failed(e.to_string()))?;
+            let server = self.server(ctx)?;
+            let mode = self.mode()?;
+            let (path, params) = match mode {
+                Mode::Instant => ("api/v1/query", vec![("query", query.clone())]),
+                Mode::Range { window, step } => {
+                    let end = crate::clock::now_ms();
+                    let start = end - i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2);
+                    (
+                        "api/v1/query_range",
+                        vec![
+                            ("query", query.clone()),
+                            ("start", epoch_seconds(start)),
+                            ("end", epoch_seconds(end)),
+                            ("step", format!("{}ms", step.as_millis())),
+                        ],
+                    )
+                }
+            };
+            let mut url = reqwest::Url::parse(&format!("{server}/{path}")).map_err(|e| {
+                ActionError::Failed(
+                    ctx.mask(&format!("invalid Prometheus server URL `{server}`: {e}")),
+                )
+            })?;
+            url.query_pairs_mut().extend_pairs(&params);
+            let timeout = ctx.timeout().min(std::time::Duration::from_secs(30));
+            ctx.note_command(&format!("GET {url}"));
+            let req = ctx.http().get(url.clone()).timeout(timeout);
+            let exchange = async {
+                let resp = req.send().await?;
+                let status = resp.status().as_u16();
+                let bytes = resp.bytes().await?;
+                Ok::<_, reqwest::Error>((status, bytes))
+            };
+            let mut cancel = ctx.cancelled();
+            let answer = tokio::select! {
+                r = exchange => r,
+                () = cancel.wait() => return Err(ActionError::Cancelled),
+            };
+            let (status, bytes) = answer.map_err(|e| {
+                let why = if e.is_timeout() {
+                    format!("no response within {}", crate::duration::format(timeout))
+                } else if e.is_connect() {
+                    "could not connect".to_owned()
+                } else {
+                    "request failed".to_owned()
+                };
+                let mut chain = String::new();
+                let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    chain = s.to_string();
+                    src = s.source();
+                }
+                ActionError::Failed(ctx.mask(&format!(
+                    "failed to query Prometheus at {server}: {why}{}",
+                    if chain.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({chain})")
+                    }
+                )))
+            })?;
+            let Ok(body) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                let text = String::from_utf8_lossy(&bytes[..bytes.len().min(EXCERPT)]).into_owned();
+                return Err(ActionError::Failed(ctx.mask(&format!(
+                    "unexpected answer from Prometheus at {server} (HTTP {status}, not the \
+                     Prometheus API): {}",
+                    text.trim()
+                ))));
+            };
+            if body.get("status").and_then(|s| s.as_str()) != Some("success") {
+                let kind = body
+                    .get("errorType")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("error");
+                let error = body
+                    .get("error")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("no error message");
+                return Err(ActionError::Failed(ctx.mask(&format!(
+                    "Prometheus at {server} rejected the query `{query}` (HTTP {status}): \
+                     {kind}: {error}"
+                ))));
+            }
+            let base = serde_json::json!({
+                "query": ctx.mask(&query),
+                "url": ctx.mask(&server),
+                "warnings": body.get("warnings").cloned().unwrap_or_else(|| serde_json::json!([])),
+            });
+            let data = body.get("data").cloned().unwrap_or(serde_json::Value::Null);
+            let mut result = result_of(self, &data, mode, base)?;
+            result.summary = ctx.mask(&result.summary);
+            Ok(result)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Mode, OnEmpty, PrometheusSpec, result_of};
+    use serde_json::json;
+
+    fn spec(on_empty: OnEmpty) -> PrometheusSpec {
+        let mut s: PrometheusSpec =
+            serde_json::from_value(json!({"query": "up"})).expect("spec parses");
+        s.on_empty = on_empty;
+        s
+    }
+
+    fn shape(data: &serde_json::Value, mode: Mode) -> crate::exec::ActionResult {
+        result_of(&spec(OnEmpty::Fail), data, mode, json!({})).expect("a result")
+    }
+
+    #[test]
+    fn scalar_and_single_series_give_a_value() {
+        let r = shape(
+            &json!({"resultType": "scalar", "result": [1.0, "0.25"]}),
+            Mode::Instant,
+        );
+        assert_eq!(r.value["value"], json!(0.25));
+        assert_eq!(r.summary, "value 0.25");
+        let r = shape(
+            &json!({"resultType": "vector", "result": [
+                {"metric": {"job": "a"}, "value": [1.0, "3"]}]}),
+            Mode::Instant,
+        );
+        assert_eq!(r.value["value"], json!(3.0));
+        assert_eq!(r.value["series"][0]["labels"]["job"], "a");
+    }
+
+    #[test]
+    fn range_answers_flatten_every_sample_and_keep_nan_out_of_the_extremes() {
+        let step = std::time::Duration::from_secs(1);
+        let r = shape(
+            &json!({"resultType": "matrix", "result": [
+                {"metric": {"code": "200"}, "values": [[1.0, "1"], [2.0, "NaN"], [3.0, "2"]]},
+                {"metric": {"code": "500"}, "values": [[1.0, "+Inf"], [2.0, "-1"]]}]}),
+            Mode::Range {
+                window: step * 10,
+                step,
+            },
+        );
+        assert_eq!(r.value["samples"], 5);
+        assert_eq!(r.value["min"], json!(-1.0));
+        assert_eq!(r.value["max"], json!(f64::MAX));
+        assert_eq!(r.value["values"], json!([1.0, null, 2.0, f64::MAX, -1.0]));
+        assert!(r.value.get("value").is_none(), "{}", r.value);
+        assert_eq!(r.value["series"][0]["max"], json!(2.0));
+        assert_eq!(r.value["window"], "10s");
+    }
+
+    #[test]
+    fn empty_answers_follow_on_empty() {
+        let data = json!({"resultType": "vector", "result": []});
+        let err =
+            result_of(&spec(OnEmpty::Fail), &data, Mode::Instant, json!({})).expect_err("fails");
+        assert_eq!(err.to_string(), "query returned no data (on_empty: fail)");
+        let r = result_of(&spec(OnEmpty::Pass), &data, Mode::Instant, json!({})).expect("passes");
+        assert!(r.ok);
+        assert_eq!(r.value["empty"], true);
+        assert!(r.value["value"].is_null());
+        let r = result_of(&spec(OnEmpty::Zero), &data, Mode::Instant, json!({})).expect("zero");
+        assert!(r.ok);
+        assert_eq!(r.value["value"], json!(0.0));
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod k8s_double;
 pub mod pg;
+pub mod prom;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
