@@ -107,9 +107,7 @@ fn main() {
         "resume failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    println!(
-        "  resume of a {N}-step journal (1 step left): {resume:.3} s"
-    );
+    println!("  resume of a {N}-step journal (1 step left): {resume:.3} s");
 
     // Audit verify throughput over everything written above.
     let mut entries = 0u64;

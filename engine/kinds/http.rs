@@ -179,6 +179,27 @@ impl Kind for HttpSpec {
     }
 }
 
+/// Why a request got no answer, in one clause: timeout, connection, or the innermost cause.
+pub(crate) fn describe_error(e: &reqwest::Error, timeout: std::time::Duration) -> String {
+    let why = if e.is_timeout() {
+        format!("no response within {}", crate::duration::format(timeout))
+    } else if e.is_connect() {
+        "could not connect".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut innermost = None;
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = src {
+        innermost = Some(s.to_string());
+        src = s.source();
+    }
+    match innermost {
+        Some(cause) => format!("{why} ({cause})"),
+        None => why,
+    }
+}
+
 /// Bytes of a response body kept in `result.body`.
 const BODY_LIMIT: usize = 1 << 20;
 
@@ -211,27 +232,10 @@ impl super::Perform for HttpSpec {
                 () = cancel.wait() => return Err(ActionError::Cancelled),
             };
             let resp = resp.map_err(|e| {
-                let why = if e.is_timeout() {
-                    format!("no response within {}", crate::duration::format(timeout))
-                } else if e.is_connect() {
-                    "could not connect".to_owned()
-                } else {
-                    "request failed".to_owned()
-                };
-                let mut chain = String::new();
-                let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    chain = s.to_string();
-                    src = s.source();
-                }
                 ActionError::Failed(ctx.mask(&format!(
-                    "failed to {} {url}: {why}{}",
+                    "failed to {} {url}: {}",
                     self.method().as_str(),
-                    if chain.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({chain})")
-                    }
+                    describe_error(&e, timeout)
                 )))
             })?;
             let status = resp.status().as_u16();

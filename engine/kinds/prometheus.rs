@@ -416,26 +416,9 @@ impl super::Perform for PrometheusSpec {
                 () = cancel.wait() => return Err(ActionError::Cancelled),
             };
             let (status, bytes) = answer.map_err(|e| {
-                let why = if e.is_timeout() {
-                    format!("no response within {}", crate::duration::format(timeout))
-                } else if e.is_connect() {
-                    "could not connect".to_owned()
-                } else {
-                    "request failed".to_owned()
-                };
-                let mut chain = String::new();
-                let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    chain = s.to_string();
-                    src = s.source();
-                }
                 ActionError::Failed(ctx.mask(&format!(
-                    "failed to query Prometheus at {server}: {why}{}",
-                    if chain.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({chain})")
-                    }
+                    "failed to query Prometheus at {server}: {}",
+                    super::http::describe_error(&e, timeout)
                 )))
             })?;
             let Ok(body) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
