@@ -152,6 +152,12 @@ impl Renderer<'_> {
         }
     }
 
+    /// The same renderer with `result` bound to an action's result (asserts, gates, outputs).
+    #[must_use]
+    pub fn with_result(&self, result: &serde_json::Value) -> Self {
+        self.with("result", Value::from(minijinja::value::Serde(result)))
+    }
+
     /// The context.
     pub fn context(&self) -> &Value {
         &self.ctx

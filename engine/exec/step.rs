@@ -216,7 +216,7 @@ pub(super) async fn run_step(
     }
 
     // Gates and outputs see the step's own result.
-    let with_self = renderer.with("result", Value::from(minijinja::value::Serde(&result)));
+    let with_self = renderer.with_result(&result);
     for (i, (check, timing)) in step.verify.iter().zip(&cs.verify).enumerate() {
         if let Err(why) = poll_check(
             &ctx_for(attempts, timing.timeout, with_self.clone()),
@@ -322,10 +322,7 @@ async fn attempt_loop(
         let (error, retryable) = match outcome {
             Ok(r) => {
                 let ok = match &step.assert {
-                    Some(a) => match renderer
-                        .with("result", Value::from(minijinja::value::Serde(&r.value)))
-                        .eval(&a.value)
-                    {
+                    Some(a) => match renderer.with_result(&r.value).eval(&a.value) {
                         Ok(v) => Ok(v.is_true()),
                         Err(e) => Err(format!(
                             "failed to evaluate assert `{}`: {}",
@@ -418,9 +415,7 @@ fn retryable(policy: &RetryPolicy, renderer: &Renderer<'static>, r: &ActionResul
         return true;
     }
     if let Some(expr) = &policy.on_expr
-        && let Ok(v) = renderer
-            .with("result", Value::from(minijinja::value::Serde(&r.value)))
-            .eval(expr)
+        && let Ok(v) = renderer.with_result(&r.value).eval(expr)
     {
         return v.is_true();
     }
@@ -496,11 +491,7 @@ pub(super) async fn poll_check(
 async fn evaluate(ctx: &ActionCtx, check: &Check, action: &Action<'_>) -> (bool, String) {
     match action.perform(ctx).await {
         Ok(r) => match &check.assert {
-            Some(a) => match ctx
-                .renderer
-                .with("result", Value::from(minijinja::value::Serde(&r.value)))
-                .eval(&a.value)
-            {
+            Some(a) => match ctx.renderer.with_result(&r.value).eval(&a.value) {
                 Ok(v) if v.is_true() => (true, format!("{}; {} holds", r.summary, a.value)),
                 Ok(_) => (
                     false,

@@ -546,9 +546,7 @@ impl StateDir {
 /// timestamp.
 #[must_use]
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    crate::clock::now_ms()
 }
 
 /// A new run id, `YYYYMMDD-HHMMSS-xxxxxx` (UTC): sorts by start time, readable, and short enough
@@ -573,34 +571,17 @@ pub fn new_run_id() -> String {
 
 /// A timestamp for messages: `2024-05-01 12:34:56 UTC`.
 pub(crate) fn format_utc(ms: i64) -> String {
-    let (y, mo, d, h, mi, s) = civil_parts(ms.div_euclid(1000));
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
+    let t = crate::clock::rfc3339(ms);
+    format!("{} {} UTC", &t[0..10], &t[11..19])
 }
 
 /// `("YYYYMMDD", "HHMMSS")` for seconds since the epoch, in UTC.
 fn civil(secs: i64) -> (String, String) {
-    let (y, mo, d, h, mi, s) = civil_parts(secs);
+    let t = crate::clock::rfc3339(secs.saturating_mul(1000));
     (
-        format!("{y:04}{mo:02}{d:02}"),
-        format!("{h:02}{mi:02}{s:02}"),
+        format!("{}{}{}", &t[0..4], &t[5..7], &t[8..10]),
+        format!("{}{}{}", &t[11..13], &t[14..16], &t[17..19]),
     )
-}
-
-/// Year, month, day, hour, minute, second (UTC) of seconds since the epoch (Howard Hinnant's
-/// `civil_from_days`), so we need no date crate.
-fn civil_parts(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// A 64-bit mixer, so nearby seeds give unrelated suffixes.
