@@ -25,6 +25,7 @@ mod cli_state;
 pub mod clock;
 pub mod compile;
 pub mod diagnostic;
+pub mod drill;
 pub mod duration;
 pub mod exec;
 pub mod exit;
