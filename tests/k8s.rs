@@ -641,6 +641,10 @@ fn failures_are_clear_and_never_leak_the_token() {
 
 /// What the runbooks talk to besides Kubernetes: the health endpoint, the chat webhook, the
 /// Prometheus HTTP API, the Cloudflare DNS API and DNS-over-HTTPS — one axum server.
+///
+/// The Prometheus part answers `GET /api/v1/query_range` in the API's real `matrix` shape with a
+/// healthy series; the `prometheus` kind itself is tested against a real Prometheus in
+/// `tests/prometheus.rs` and `tests/serve.rs`. Here only the runbook's wiring is under test.
 struct Services {
     url: String,
     state: Arc<Mutex<Web>>,
@@ -688,13 +692,22 @@ impl Services {
                 }),
             )
             .route(
-                "/prometheus/api/v1/query",
+                "/prometheus/api/v1/query_range",
                 get(|State(s): St, Query(q): Query<HashMap<String, String>>| async move {
                     let query = q.get("query").cloned().unwrap_or_default();
                     let value = if query.contains("histogram_quantile") { "0.12" } else { "0.002" };
-                    s.lock().expect("lock").queries.push(query);
-                    Json(json!({"status": "success", "data": {"resultType": "vector",
-                        "result": [{"metric": {}, "value": [1_700_000_000.0, value]}]}}))
+                    let start: f64 = q.get("start").and_then(|v| v.parse().ok()).unwrap_or(0.0);
+                    let end: f64 = q.get("end").and_then(|v| v.parse().ok()).unwrap_or(0.0);
+                    s.lock().expect("lock").queries.push(format!(
+                        "{query} window={}s step={}",
+                        (end - start).round(),
+                        q.get("step").cloned().unwrap_or_default()
+                    ));
+                    let values: Vec<Value> = (0..10)
+                        .map(|i| json!([start + (end - start) * f64::from(i) / 9.0, value]))
+                        .collect();
+                    Json(json!({"status": "success", "data": {"resultType": "matrix",
+                        "result": [{"metric": {}, "values": values}]}}))
                 }),
             )
             .route(
@@ -826,7 +839,7 @@ fn app_rollback_with_strategy_rollout_rolls_back_and_passes_its_gates() {
     assert!(
         w.queries
             .iter()
-            .all(|q| q.contains("[5m:30s]") && q.contains("namespace=\"prod\"")),
+            .all(|q| q.contains("window=300s") && q.contains("namespace=\"prod\"")),
         "{:?}",
         w.queries
     );
