@@ -233,8 +233,27 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The post-incident report of a run (a drill scenario's run: with what the drill measured).
+    Report {
+        /// The run (a unique prefix is enough).
+        run_id: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = crate::report::ReportFormat::Markdown)]
+        format: crate::report::ReportFormat,
+        /// Write the report to this file instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Print the JSON Schema of runbook files.
     Schema,
+    /// Serve Alertmanager webhooks: firing alerts start the runbooks of a triggers file.
+    Serve(crate::cli_serve::ServeArgs),
+    /// Disaster-recovery drills: run, validate, history, due, cronjob.
+    Drill {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::cli_drill::DrillCommand,
+    },
 }
 
 /// Parse the command line and run the command.
@@ -339,10 +358,17 @@ pub fn run(cli: Cli) -> u8 {
         Command::Approve(a) => crate::cli_state::decide(cli.state_dir.clone(), &a, true),
         Command::Deny(a) => crate::cli_state::decide(cli.state_dir.clone(), &a, false),
         Command::Audit { command } => crate::cli_state::audit(cli.state_dir.clone(), &command),
+        Command::Report {
+            run_id,
+            format,
+            out,
+        } => crate::cli_report::report(cli.state_dir.clone(), &run_id, format, out.as_deref()),
         Command::Schema => {
             out!("{}", crate::schema::runbook_schema());
             exit::SUCCESS
         }
+        Command::Serve(args) => crate::cli_serve::serve(out, cli.state_dir.clone(), &args),
+        Command::Drill { command } => crate::cli_drill::run(out, cli.state_dir.clone(), command),
     }
 }
 
@@ -555,6 +581,7 @@ pub(crate) fn launch(
         store,
         resume,
         break_lock: run.break_lock,
+        cancel: None,
     };
     match crate::exec::execute(&launch) {
         Ok(outcome) => outcome.status.exit_code(),

@@ -21,6 +21,9 @@ macro_rules! out {
 }
 
 pub mod cli;
+mod cli_drill;
+mod cli_report;
+mod cli_serve;
 mod cli_state;
 pub mod clock;
 pub mod compile;
@@ -34,6 +37,8 @@ pub mod mask;
 pub mod model;
 pub mod parse;
 pub mod plan;
+pub mod report;
 pub mod schema;
+pub mod serve;
 pub mod state;
 pub mod template;

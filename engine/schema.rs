@@ -12,3 +12,21 @@ pub fn runbook_schema() -> String {
     text.push('\n');
     text
 }
+
+/// The triggers file JSON Schema (`runbook serve --triggers`), pretty-printed with a trailing
+/// newline.
+pub fn triggers_schema() -> String {
+    let schema = schemars::schema_for!(crate::serve::triggers::TriggersFile);
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// The drill file JSON Schema (`schemas/drill.schema.json`), pretty-printed with a trailing
+/// newline.
+pub fn drill_schema() -> String {
+    let schema = schemars::schema_for!(crate::drill::model::Drill);
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}

@@ -232,6 +232,50 @@ pub struct Launch<'a> {
     pub resume: Option<(crate::state::RunRecord, ResumeFrom)>,
     /// Break a lock whose holder process is dead on this host.
     pub break_lock: bool,
+    /// Cancel from elsewhere in this process (`runbook serve` stopping) instead of on SIGINT and
+    /// SIGTERM; `None`: the run listens to the signals itself, as a command-line run should.
+    pub cancel: Option<CancelHandle>,
+}
+
+/// Cancels a run from another thread of the same process.
+///
+/// A server runs many runs in one process: each must stop on the server's shutdown, including
+/// a run that is only starting when the signal arrives. A handle cancelled before its run
+/// starts cancels the run as soon as it does, so there is no window in which a run misses it.
+#[derive(Debug, Clone)]
+pub struct CancelHandle(Arc<tokio::sync::watch::Sender<Option<String>>>);
+
+impl Default for CancelHandle {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::channel(None).0))
+    }
+}
+
+impl CancelHandle {
+    /// Cancel the run (like Ctrl-C: running steps stop, `finally` runs); `reason` is journaled.
+    pub fn cancel(&self, reason: &str) {
+        self.0.send_replace(Some(reason.to_owned()));
+    }
+
+    /// Whether [`CancelHandle::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.borrow().is_some()
+    }
+
+    /// Wait for a cancellation and pass it on to the run.
+    async fn forward(self, shared: Arc<Shared>) {
+        let mut rx = self.0.subscribe();
+        loop {
+            let reason = rx.borrow_and_update().clone();
+            if let Some(reason) = reason {
+                shared.cancel(&reason);
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Run a compiled runbook to completion on a new tokio runtime.
@@ -324,7 +368,10 @@ pub fn execute(launch: &Launch<'_>) -> Result<Outcome, ExecError> {
     let compiled = Arc::new(c.clone());
     let result = rt.block_on(async {
         let s = shared.clone();
-        let signals = tokio::spawn(async move { context::cancel_on_signals(s).await });
+        let signals = match launch.cancel.clone() {
+            Some(handle) => tokio::spawn(handle.forward(s)),
+            None => tokio::spawn(async move { context::cancel_on_signals(s).await }),
+        };
         let prior = match &launch.resume {
             Some((_, from)) => {
                 match scheduler::prepare_resume(&shared, &compiled, launch.params, from).await {

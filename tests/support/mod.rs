@@ -6,6 +6,8 @@
     reason = "each test crate uses a different subset of the helpers"
 )]
 
+pub mod alertmanager;
+pub mod app;
 pub mod k8s_double;
 pub mod pg;
 pub mod prom;
