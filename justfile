@@ -17,9 +17,9 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets --locked -- -D warnings
 
-# Regenerate the checked-in JSON Schemas from the Rust types.
+# Regenerate the checked-in JSON Schemas (runbook, drill, triggers) from the Rust types.
 schemas:
-    cargo run --quiet -- schema > schemas/runbook.schema.json
+    UPDATE_SCHEMAS=1 cargo test --quiet --test schema
 
 # Run the self-contained example end to end.
 demo:

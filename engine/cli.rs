@@ -570,6 +570,7 @@ pub(crate) fn launch(
     let options = crate::exec::Options {
         max_parallel: run.max_parallel,
         yes: run.yes,
+        yes_via: None,
         approver: run.approver.clone(),
         interactive,
         output,

@@ -130,15 +130,6 @@ pub fn resume(
         eprintln!("error: run {} has no step `{step}`", record.id);
         return exit::INVALID;
     }
-    for step in decisions.keys() {
-        if !compiled.index_by_id.contains_key(step) {
-            eprintln!(
-                "error: --rerun/--skip names `{step}`, which is not a step of {}",
-                record.file
-            );
-            return exit::INVALID;
-        }
-    }
     let events = match store.events(&record.id) {
         Ok(e) => e,
         Err(e) => {
@@ -146,6 +137,15 @@ pub fn resume(
             return exit::STATE;
         }
     };
+    for step in decisions.keys() {
+        if !crate::exec::names_a_step(&compiled, &events, step) {
+            eprintln!(
+                "error: --rerun/--skip names `{step}`, which is not a step of {} (nor a step of a runbook it called in this run)",
+                record.file
+            );
+            return exit::INVALID;
+        }
+    }
     let from = ResumeFrom {
         events,
         decisions,

@@ -1700,3 +1700,89 @@ fn an_irreversible_step_in_flight_at_a_crash_needs_an_explicit_decision() {
     assert_eq!(decided[0]["decision"], "skip", "{resumes:?}");
     assert_audit_intact(&state);
 }
+
+/// A crash inside a called runbook: the resume continues the callee where it stopped — its
+/// completed steps are not run again — and still asks about its step that was in flight.
+#[test]
+fn a_crash_inside_a_called_runbook_resumes_inside_it() {
+    let out_dir = TempDir::new("call-out");
+    let state = TempDir::new("call-state");
+    let lines = out_dir.join("lines");
+    let mut bg = Bg::spawn(
+        &state,
+        &[
+            "exec",
+            &fixture("caller.yaml"),
+            "-p",
+            &dir_param(&out_dir),
+            "--output",
+            "json",
+        ],
+        &[],
+    );
+    bg.wait_event("command", Some("recover/slow"));
+    bg.wait_until("slow acted", |_| lines_of(&lines).len() == 3);
+    let (crashed, _) = bg.crash();
+    let run_id = run_id_of(&crashed);
+    assert_eq!(lines_of(&lines), ["before", "first", "slow"]);
+
+    // `recover/slow` is neither idempotent nor gated: refused up front, nothing runs.
+    let undecided = cli(&state, &["resume", &run_id, "--output", "json"]).run();
+    assert_no_panic(&undecided);
+    undecided.assert_code(6);
+    for needle in [
+        "--rerun recover/slow",
+        "--skip recover/slow",
+        "--rerun recover",
+    ] {
+        assert!(
+            undecided.stderr.contains(needle),
+            "the refusal does not say {needle:?}\n{}",
+            undecided.dump()
+        );
+    }
+    assert!(
+        undecided.of("step_started").is_empty(),
+        "{}",
+        undecided.dump()
+    );
+
+    // Skip the slow step (the operator saw it finish): the callee continues with `last`.
+    let resumed = cli(
+        &state,
+        &[
+            "resume",
+            &run_id,
+            "--skip",
+            "recover/slow",
+            "--output",
+            "json",
+        ],
+    )
+    .run();
+    resumed.assert_code(0);
+    assert_eq!(
+        lines_of(&lines),
+        ["before", "first", "slow", "last", "after"]
+    );
+    for kept in ["before", "recover/first", "recover/slow"] {
+        assert!(
+            resumed.of_step("command", kept).is_empty(),
+            "{kept} ran again\n{}",
+            resumed.dump()
+        );
+    }
+    let decisions: Vec<BTreeMap<String, String>> =
+        resumed.of("resumed").iter().map(|r| decisions(r)).collect();
+    assert_eq!(
+        decisions,
+        [
+            BTreeMap::from([("recover".to_owned(), "continue".to_owned())]),
+            BTreeMap::from([("recover/slow".to_owned(), "skip".to_owned())]),
+        ],
+        "{}",
+        resumed.dump()
+    );
+    assert_eq!(timeline(&state, &run_id).status, "succeeded");
+    assert_audit_intact(&state);
+}

@@ -11,7 +11,7 @@ use crate::kinds::approve::ApproveSpec;
 struct Decision {
     approver: String,
     approved: bool,
-    via: &'static str,
+    via: String,
 }
 
 /// Ask for approval of a step and wait for the decision.
@@ -55,7 +55,7 @@ pub async fn request(
         decisions.push(Decision {
             approver: approver.clone(),
             approved: true,
-            via: "--yes",
+            via: opts.yes_via.clone().unwrap_or_else(|| "--yes".to_owned()),
         });
     } else if opts.interactive {
         allowed(&approver).map_err(|why| {
@@ -70,7 +70,7 @@ pub async fn request(
         decisions.push(Decision {
             approver: approver.clone(),
             approved: yes,
-            via: "tty",
+            via: "tty".to_owned(),
         });
     }
     for d in &decisions {
@@ -82,7 +82,7 @@ pub async fn request(
             } else {
                 "denied".to_owned()
             },
-            via: d.via.to_owned(),
+            via: d.via.clone(),
         });
     }
     if let Some(d) = decisions.iter().find(|d| !d.approved) {

@@ -85,6 +85,7 @@ pub fn check(c: &Compiled, params: &ParamValues) -> Result<Vec<Finding>, String>
     let options = Options {
         max_parallel: None,
         yes: false,
+        yes_via: None,
         approver: None,
         interactive: false,
         output: OutputMode::Plain,

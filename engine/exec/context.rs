@@ -42,6 +42,9 @@ pub struct Shared {
     lock_token: std::sync::atomic::AtomicI64,
     /// Whether this process continues an earlier run.
     resumed: std::sync::atomic::AtomicBool,
+    /// `call` steps in flight when the run stopped, by name: their runbook continues where it
+    /// stopped instead of starting again (consumed by the first attempt).
+    continuations: Mutex<BTreeMap<String, Arc<super::ResumeFrom>>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -101,6 +104,7 @@ impl Shared {
             store,
             lock_token: std::sync::atomic::AtomicI64::new(0),
             resumed: std::sync::atomic::AtomicBool::new(false),
+            continuations: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -119,6 +123,18 @@ impl Shared {
     pub fn mark_resumed(&self) {
         self.resumed
             .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Let the `call` step `step` continue its runbook from the journal when it starts.
+    pub(super) fn continue_call(&self, step: &str, from: Arc<super::ResumeFrom>) {
+        if let Ok(mut c) = self.continuations.lock() {
+            c.insert(step.to_owned(), from);
+        }
+    }
+
+    /// The journal a `call` step continues from, once.
+    pub(super) fn take_continuation(&self, step: &str) -> Option<Arc<super::ResumeFrom>> {
+        self.continuations.lock().ok()?.remove(step)
     }
 
     /// Whether this process continues an earlier run.

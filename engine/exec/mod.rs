@@ -108,6 +108,9 @@ pub struct Options {
     pub max_parallel: Option<usize>,
     /// Pre-approve every approval step (recorded as such).
     pub yes: bool,
+    /// How `yes` pre-approvals are recorded in the journal and audit log (default `--yes`):
+    /// `drill` when a drill file answers, `serve` for a trigger in auto mode.
+    pub yes_via: Option<String>,
     /// Who approves (default: the OS user).
     pub approver: Option<String>,
     /// Whether a human can be asked on this terminal.
@@ -400,6 +403,13 @@ pub fn execute(launch: &Launch<'_>) -> Result<Outcome, ExecError> {
     }
     let status = result?;
     Ok(Outcome { run_id, status })
+}
+
+/// Whether `name` (of `--rerun`/`--skip`) is a step of the runbook, or a step of a runbook one
+/// of its `call` steps ran in this run (`call/step`, as the journal names it).
+pub fn names_a_step(c: &Compiled, events: &[crate::state::EventRecord], name: &str) -> bool {
+    c.index_by_id.contains_key(name)
+        || (name.contains('/') && events.iter().any(|e| e.step.as_deref() == Some(name)))
 }
 
 /// The lock a run holds: the runbook's `lock` template rendered with its params, else its name.

@@ -38,13 +38,25 @@ pub(super) struct Journaled {
     pub in_flight: BTreeSet<usize>,
 }
 
-/// Read a run's journal.
-pub(super) fn read(c: &Compiled, events: &[EventRecord]) -> Journaled {
+/// Read a run's journal: the steps of `c` as the run names them, `prefix/id` for a runbook called
+/// by the step `prefix` (empty for the run's own runbook).
+pub(super) fn read(c: &Compiled, events: &[EventRecord], prefix: &str) -> Journaled {
     let mut j = Journaled::default();
     let mut started_ms: BTreeMap<usize, i64> = BTreeMap::new();
     for e in events {
-        let Some(step) = e.step.as_deref() else {
+        let Some(named) = e.step.as_deref() else {
             continue;
+        };
+        let step = if prefix.is_empty() {
+            named
+        } else {
+            match named
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_prefix('/'))
+            {
+                Some(local) => local,
+                None => continue,
+            }
         };
         let Some(&i) = c.index_by_id.get(step).filter(|&&i| i < c.main_count) else {
             continue;

@@ -405,15 +405,28 @@ pub async fn call(
                     .join("; ")
             ))
         })?;
+    let compiled = Arc::new(compiled);
+    // A resumed run whose call was in flight: the called runbook continues where it stopped.
+    let prior = match ctx.shared.take_continuation(&ctx.step) {
+        Some(from) => Box::pin(continue_call(
+            &ctx.shared,
+            &compiled,
+            &values,
+            &from,
+            &ctx.step,
+        ))
+        .await
+        .map_err(|undecided| {
+            ActionError::Failed(format!(
+                "failed to continue {}: {}",
+                path.display(),
+                undecided.join("; ")
+            ))
+        })?,
+        None => BTreeMap::new(),
+    };
     let prefix = vec![ctx.step.to_string()];
-    let status = Box::pin(run(
-        ctx.shared.clone(),
-        Arc::new(compiled),
-        values,
-        prefix,
-        BTreeMap::new(),
-    ))
-    .await;
+    let status = Box::pin(run(ctx.shared.clone(), compiled, values, prefix, prior)).await;
     let value = serde_json::json!({ "status": status.as_str(), "runbook": runbook });
     match status {
         RunStatus::Succeeded => Ok(ActionResult {
@@ -440,7 +453,10 @@ pub async fn call(
 /// Completed steps are kept. A step that was in flight is first checked with its `verify`
 /// gates, once and read-only: if they pass it is done ("verified on resume"). Otherwise it is
 /// re-run if it is idempotent, or as the operator decides (`--rerun`/`--skip`, or on the
-/// terminal); an irreversible step is never re-run without that explicit decision.
+/// terminal); an irreversible step is never re-run without that explicit decision. A `call`
+/// step in flight continues its runbook where it stopped (its own steps are decided the same
+/// way, by their full names `call/step`), unless the operator says `--rerun` (start it again)
+/// or `--skip`.
 ///
 /// # Errors
 /// In-flight steps nobody decided about.
@@ -450,9 +466,8 @@ pub(super) async fn prepare_resume(
     params: &ParamValues,
     from: &super::ResumeFrom,
 ) -> Result<BTreeMap<usize, StepEnd>, super::ExecError> {
-    use super::Decision;
     shared.mark_resumed();
-    let journaled = super::resume::read(c, &from.events);
+    let journaled = super::resume::read(c, &from.events, "");
     let mut done = journaled.done;
     let mut in_flight = journaled.in_flight;
     if let Some(step) = &from.from_step
@@ -463,6 +478,73 @@ pub(super) async fn prepare_resume(
             in_flight.remove(&d);
         }
     }
+    let from = Arc::new(from.clone());
+    let (done, decisions) = decide_in_flight(shared, c, params, &from, "", done, in_flight)
+        .await
+        .map_err(super::ExecError::NeedsDecision)?;
+    shared.emit(&Event::Resumed {
+        run_id: shared.run_id.clone(),
+        done: done.keys().map(|&i| c.steps[i].id.clone()).collect(),
+        decisions,
+        changed: from.changed,
+    });
+    Ok(done)
+}
+
+/// The steps of a called runbook that a resumed run keeps, when its `call` step continues.
+///
+/// # Errors
+/// In-flight steps of the called runbook nobody decided about.
+async fn continue_call(
+    shared: &Arc<Shared>,
+    c: &Arc<Compiled>,
+    params: &ParamValues,
+    from: &Arc<super::ResumeFrom>,
+    prefix: &str,
+) -> Result<BTreeMap<usize, StepEnd>, Vec<String>> {
+    let journaled = super::resume::read(c, &from.events, prefix);
+    let (done, decisions) = decide_in_flight(
+        shared,
+        c,
+        params,
+        from,
+        prefix,
+        journaled.done,
+        journaled.in_flight,
+    )
+    .await?;
+    if !decisions.is_empty() {
+        shared.emit(&Event::Resumed {
+            run_id: shared.run_id.clone(),
+            done: done
+                .keys()
+                .map(|&i| format!("{prefix}/{}", c.steps[i].id))
+                .collect(),
+            decisions,
+            changed: from.changed,
+        });
+    }
+    Ok(done)
+}
+
+/// Decide each in-flight step of `c` (named `prefix/id` inside a called runbook).
+async fn decide_in_flight(
+    shared: &Arc<Shared>,
+    c: &Arc<Compiled>,
+    params: &ParamValues,
+    from: &Arc<super::ResumeFrom>,
+    prefix: &str,
+    mut done: BTreeMap<usize, StepEnd>,
+    in_flight: std::collections::BTreeSet<usize>,
+) -> Result<(BTreeMap<usize, StepEnd>, Vec<serde_json::Value>), Vec<String>> {
+    use super::Decision;
+    let full = |i: usize| {
+        if prefix.is_empty() {
+            c.steps[i].id.clone()
+        } else {
+            format!("{prefix}/{}", c.steps[i].id)
+        }
+    };
     let mut state = TemplateState::new(shared, c, params);
     for (i, end) in &done {
         expose(&mut state, c, *i, end);
@@ -470,7 +552,7 @@ pub(super) async fn prepare_resume(
     let mut decisions = Vec::new();
     let mut undecided = Vec::new();
     for i in in_flight {
-        let id = c.steps[i].id.clone();
+        let id = full(i);
         let step = c.step(i);
         let explicit = from.decisions.get(&id).copied();
         // 1. Verification gates, once, read-only.
@@ -503,6 +585,19 @@ pub(super) async fn prepare_resume(
                 continue;
             }
         }
+        // 2. A call continues its runbook: its own steps are decided when it starts again.
+        if explicit.is_none()
+            && let Some(call) = &step.call
+        {
+            let children = undecided_children(c, &call.value.runbook.value, &id, from);
+            if !children.is_empty() {
+                undecided.extend(children);
+                continue;
+            }
+            shared.continue_call(&id, from.clone());
+            decisions.push(serde_json::json!({ "step": id, "decision": "continue", "reason": "a call: its runbook continues where it stopped" }));
+            continue;
+        }
         let decision = match explicit {
             Some(d) => Some((d, "decided by the operator")),
             None if c.steps[i].idempotent => Some((Decision::Rerun, "idempotent: safe to repeat")),
@@ -527,16 +622,44 @@ pub(super) async fn prepare_resume(
             )),
         }
     }
-    if !undecided.is_empty() {
-        return Err(super::ExecError::NeedsDecision(undecided));
+    if undecided.is_empty() {
+        Ok((done, decisions))
+    } else {
+        Err(undecided)
     }
-    shared.emit(&Event::Resumed {
-        run_id: shared.run_id.clone(),
-        done: done.keys().map(|&i| c.steps[i].id.clone()).collect(),
-        decisions,
-        changed: from.changed,
-    });
-    Ok(done)
+}
+
+/// The steps of the runbook called by the in-flight step `name` that were in flight too and
+/// need an operator's decision, so that a resume is refused before anything runs again (steps
+/// with `verify` gates are decided by them when the call continues).
+fn undecided_children(
+    c: &Compiled,
+    runbook: &str,
+    name: &str,
+    from: &super::ResumeFrom,
+) -> Vec<String> {
+    let path = super::resolve_relative(&c.path, runbook);
+    let Ok(callee) = crate::compile::compile_path(&path) else {
+        // It no longer compiles: the call fails when it starts, with the compiler's message.
+        return Vec::new();
+    };
+    let journaled = super::resume::read(&callee, &from.events, name);
+    journaled
+        .in_flight
+        .into_iter()
+        .filter_map(|j| {
+            let id = format!("{name}/{}", callee.steps[j].id);
+            let step = callee.step(j);
+            let decided = from.decisions.contains_key(&id)
+                || callee.steps[j].idempotent
+                || !step.verify.is_empty()
+                || step.call.is_some();
+            (!decided).then(|| format!(
+                "step `{id}` was in flight when the run stopped and {} — pass --rerun {id} or --skip {id} (or --rerun {name} to start its runbook again)",
+                if callee.steps[j].irreversible { "is irreversible: it is never re-run without an explicit decision" } else { "is not idempotent (its effect is unknown), and it has no verify gate" }
+            ))
+        })
+        .collect()
 }
 
 async fn ask_in_flight(

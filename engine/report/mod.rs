@@ -202,7 +202,7 @@ pub struct ApprovalRow {
     pub approver: String,
     /// `true` approved, `false` denied.
     pub approved: bool,
-    /// How: `tty`, `--yes`, `cli`, a drill file, …
+    /// How: `tty`, `--yes`, `cli`, `drill` (answered by a drill), `serve` (a trigger in auto mode), …
     pub via: String,
     /// The justification given, if any.
     pub comment: Option<String>,

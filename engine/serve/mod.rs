@@ -407,6 +407,7 @@ fn run_job(
     let options = crate::exec::Options {
         max_parallel: None,
         yes: job.mode == Mode::Auto,
+        yes_via: Some("serve".to_owned()),
         approver: Some(format!("serve (trigger {})", job.trigger)),
         interactive: false,
         output: app.config.output,
