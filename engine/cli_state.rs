@@ -87,6 +87,26 @@ pub fn resume(
         );
         return exit::STATE;
     }
+    // A drill scenario's run is the scenario composed again from its drill file.
+    if crate::drill::compose::scenario_ref(&record.file).is_some() {
+        let events = match store.events(&record.id) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("error: {}", chain(&e));
+                return exit::STATE;
+            }
+        };
+        return crate::cli_drill::resume(
+            out,
+            &store,
+            record,
+            decisions,
+            from_step,
+            allow_changed,
+            run,
+            events,
+        );
+    }
     // Params come from the run; secret params were never stored and are given again with -p.
     let mut cli: Vec<(String, String)> = record
         .params

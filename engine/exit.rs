@@ -19,6 +19,9 @@ pub const CANCELLED: u8 = 5;
 pub const STATE: u8 = 6;
 /// The audit log failed verification: an entry was modified, removed, reordered or truncated.
 pub const TAMPERED: u8 = 7;
+/// A drill scenario proved nothing: its injected fault was never detected (and no scenario
+/// failed outright, which is exit 1).
+pub const DRILL_INVALID: u8 = 8;
 /// A bug or an environment failure the engine could not attribute to the runbook.
 pub const INTERNAL: u8 = 70;
 
@@ -33,4 +36,5 @@ Exit codes:
   5   cancelled (Ctrl-C, SIGTERM) or whole-run timeout
   6   state problem: lock held, unknown run, runbook changed, state unreadable
   7   audit log verification failed (tampering detected)
+  8   drill invalid: an injected fault was never detected
   70  internal error";
