@@ -788,21 +788,16 @@ fn unknown_scenario_is_refused_with_a_suggestion() {
 
 // ── cronjob ─────────────────────────────────────────────────────────────────────────────
 
-/// The real kubectl, or `None` outside CI when it is missing.
-fn kubectl() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join("kubectl"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "kubectl is not on PATH (scripts/test installs Debian's kubernetes-client)"
-        );
-        eprintln!("kubectl not found: skipping the CronJob check");
-    }
-    found
+/// The real kubectl (scripts/test installs Debian's kubernetes-client); missing is a failure,
+/// not a skip.
+fn kubectl() -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("kubectl"))
+                .find(|p| p.is_file())
+        })
+        .expect("kubectl is not on PATH (scripts/test installs Debian's kubernetes-client)")
 }
 
 /// Every key of `want` is in `got` with the same value (kubectl drops fields it does not know).
@@ -828,7 +823,7 @@ fn assert_subset(want: &Value, got: &Value, path: &str) {
 
 #[test]
 fn cronjob_manifest_is_a_valid_batch_v1_cronjob_for_kubectl() {
-    let Some(kubectl) = kubectl() else { return };
+    let kubectl = kubectl();
     let out = Runbook::new(
         [
             "drill",
