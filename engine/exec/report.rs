@@ -224,11 +224,15 @@ impl Summary {
             } => Some((
                 step.clone(),
                 "✓ succeeded".to_owned(),
-                format!(
-                    "{} ({attempts} attempt{})",
-                    crate::duration::format(Duration::from_millis(*duration_ms)),
-                    if *attempts == 1 { "" } else { "s" }
-                ),
+                match attempts {
+                    // A step without an action (gates only) has no attempts to count.
+                    0 => crate::duration::format(Duration::from_millis(*duration_ms)),
+                    n => format!(
+                        "{} ({n} attempt{})",
+                        crate::duration::format(Duration::from_millis(*duration_ms)),
+                        if *n == 1 { "" } else { "s" }
+                    ),
+                },
             )),
             Event::StepFailed {
                 step, duration_ms, ..
