@@ -415,6 +415,15 @@ impl Bg {
     /// `kill -9` the engine in the middle of whatever it does, and every process it started
     /// (see the module comment). Returns its output and how many descendants were killed.
     fn crash(self) -> (RunOutput, usize) {
+        match self.crash_unless_finished() {
+            Crash::Killed(out, victims) => (out, victims),
+            Crash::Finished(out) => panic!("the engine was not killed\n{}", out.dump()),
+        }
+    }
+
+    /// [`Bg::crash`], or [`Crash::Finished`] when the engine exited on its own just before the
+    /// kill (a run may finish between "still running?" and the signal).
+    fn crash_unless_finished(self) -> Crash {
         let pid = self.pid();
         // Frozen, the engine cannot start another step between the scan and the kill.
         signal("STOP", &pid.to_string());
@@ -435,9 +444,19 @@ impl Bg {
             std::thread::sleep(Duration::from_millis(2));
         }
         let out = self.finish();
-        assert_eq!(out.code, None, "the engine was not killed\n{}", out.dump());
-        (out, victims.len())
+        if out.code.is_some() {
+            return Crash::Finished(out);
+        }
+        Crash::Killed(out, victims.len())
     }
+}
+
+/// How [`Bg::crash_unless_finished`] ended.
+enum Crash {
+    /// Killed: its output and how many descendants were killed.
+    Killed(RunOutput, usize),
+    /// It had already exited on its own.
+    Finished(RunOutput),
 }
 
 /// What `runbook show` says about a run: its status, and which steps started and succeeded.
@@ -663,21 +682,27 @@ fn kill_9_at_random_moments_then_resume_completes_every_step_once() {
         let delay = rng.below(window_ms);
         let ctx = format!("trial {trial} (seed {seed:#x}, killed {delay} ms after run_started)");
         std::thread::sleep(Duration::from_millis(delay));
-        if !bg.running() {
-            // The run beat the kill: nothing to resume, and it must be complete. Later kills
-            // come sooner (the clean run may have been slowed by other tests).
-            tally.finished_before_kill += 1;
-            window_ms = (window_ms * 3 / 4).max(20);
-            let out = bg.finish();
-            out.assert_code(0);
-            let counts = line_counts(&lines);
-            assert!(
-                counts.len() == CRASH_STEPS && counts.values().all(|&n| n == 1),
-                "{ctx}: {counts:?}"
-            );
-            continue;
-        }
-        let (killed, victims) = bg.crash();
+        let crashed = if bg.running() {
+            bg.crash_unless_finished()
+        } else {
+            Crash::Finished(bg.finish())
+        };
+        let (killed, victims) = match crashed {
+            Crash::Killed(out, victims) => (out, victims),
+            Crash::Finished(out) => {
+                // The run beat the kill: nothing to resume, and it must be complete. Later kills
+                // come sooner (the clean run may have been slowed by other tests).
+                tally.finished_before_kill += 1;
+                window_ms = (window_ms * 3 / 4).max(20);
+                out.assert_code(0);
+                let counts = line_counts(&lines);
+                assert!(
+                    counts.len() == CRASH_STEPS && counts.values().all(|&n| n == 1),
+                    "{ctx}: {counts:?}"
+                );
+                continue;
+            }
+        };
         tally.crashed += 1;
         tally.step_processes_killed += victims;
         let run_id = run_id_of(&killed);
