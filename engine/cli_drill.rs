@@ -211,13 +211,44 @@ fn run_cmd(out: Output, state_dir: Option<PathBuf>, o: &RunOpts) -> u8 {
         Err(c) => return c,
     };
     let mut results = Vec::new();
+    let mut skipped = Vec::new();
     let mut cancelled = false;
     for c in &composed {
         eprintln!(
             "── drill {} · scenario {} · runbook {}",
             c.meta.drill, c.meta.scenario, c.meta.runbook
         );
-        match run_scenario(&store, c, o.output) {
+        match unmet_requirement(c) {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                eprintln!("➖ skipped: {why}");
+                skipped.push((c.meta.scenario.clone(), why));
+                continue;
+            }
+            Err(why) => {
+                eprintln!(
+                    "error: failed to evaluate the `requires` of scenario {}: {why}",
+                    c.meta.scenario
+                );
+                return exit::INTERNAL;
+            }
+        }
+        let written = match write_generated(c) {
+            Ok(w) => w,
+            Err(why) => {
+                eprintln!(
+                    "error: {why}\n  help: the drill keeps generated secrets under {}; make it writable",
+                    std::env::temp_dir().display()
+                );
+                return exit::STATE;
+            }
+        };
+        let ran = run_scenario(&store, c, o.output);
+        // An interrupted run (the process killed) keeps them for `runbook resume`.
+        if written {
+            remove_generated(c);
+        }
+        match ran {
             Ok((r, status)) => {
                 results.push(r);
                 // Ctrl-C or SIGTERM stops the drill, not just the scenario.
@@ -233,9 +264,96 @@ fn run_cmd(out: Output, state_dir: Option<PathBuf>, o: &RunOpts) -> u8 {
         &store,
         &loaded.drill.drill.value,
         &results,
+        &skipped,
         o.report_dir.as_deref(),
     );
-    if cancelled { exit::CANCELLED } else { code }
+    if cancelled {
+        exit::CANCELLED
+    } else if results.is_empty() && !skipped.is_empty() {
+        // Nothing was exercised: a scheduled drill must not look green.
+        eprintln!(
+            "error: every scenario of drill {} was skipped: nothing was drilled\n  help: provide what their `requires` checks look for, or run another scenario",
+            loaded.drill.drill.value
+        );
+        exit::STEP_FAILED
+    } else {
+        code
+    }
+}
+
+/// The first `requires` check of the scenario that fails, as `<check name>: <what it saw>`;
+/// `None` when they all pass (or there are none). Nothing is recorded: no run exists yet.
+fn unmet_requirement(c: &ComposedScenario) -> Result<Option<String>, String> {
+    let Some(req) = &c.requires else {
+        return Ok(None);
+    };
+    let findings = crate::exec::check(&req.compiled, &req.params)?;
+    let preflight = findings
+        .iter()
+        .filter(|f| f.what.starts_with("preflight #"));
+    for (name, f) in req.names.iter().zip(preflight) {
+        if f.outcome != "ok" {
+            let saw = f.detail.trim().replace('\n', " ");
+            return Ok(Some(format!("{name}: {saw}")));
+        }
+    }
+    Ok(None)
+}
+
+/// Write the scenario's generated secrets (one fresh random password for all of them).
+/// Whether anything was written.
+fn write_generated(c: &ComposedScenario) -> Result<bool, String> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    if c.generated.is_empty() {
+        return Ok(false);
+    }
+    let mut raw = [0u8; 18];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .map_err(|e| format!("failed to read /dev/urandom for a generated secret: {e}"))?;
+    // URL-safe and shell-safe: it ends up inside DSNs and command environments.
+    let password: String = raw
+        .iter()
+        .flat_map(|b| [b >> 4, b & 0xf])
+        .filter_map(|n| char::from_digit(u32::from(n), 16))
+        .collect();
+    for g in &c.generated {
+        let Some(dir) = g.path.parent() else {
+            return Err(format!(
+                "failed to place generated secret {}",
+                g.path.display()
+            ));
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|e| format!("failed to create {}: {e}", dir.display()))?;
+        let _ = std::fs::remove_file(&g.path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&g.path)
+            .and_then(|mut f| f.write_all(g.text.replace("{password}", &password).as_bytes()))
+            .map_err(|e| format!("failed to write generated secret {}: {e}", g.path.display()))?;
+    }
+    Ok(true)
+}
+
+/// Remove the scenario's generated secrets once its run finished.
+fn remove_generated(c: &ComposedScenario) {
+    for g in &c.generated {
+        let _ = std::fs::remove_file(&g.path);
+    }
+    // The scenario's, the drill's and the user's directories, each once empty.
+    if let Some(first) = c.generated.first() {
+        for dir in first.path.ancestors().skip(1).take(3) {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 /// Execute one composed scenario and record its measured result.
@@ -293,9 +411,10 @@ fn finish(
     store: &Arc<dyn Store>,
     drill: &str,
     results: &[ScenarioResult],
+    skipped: &[(String, String)],
     report_dir: Option<&Path>,
 ) -> u8 {
-    print_summary(drill, results);
+    print_summary(drill, results, skipped);
     let mut code = exit_code(results);
     if let Some(dir) = report_dir
         && let Err(why) = write_reports(store.as_ref(), drill, results, dir)
@@ -335,8 +454,11 @@ fn verdict_str(v: Verdict) -> &'static str {
     }
 }
 
-fn print_summary(drill: &str, results: &[ScenarioResult]) {
+fn print_summary(drill: &str, results: &[ScenarioResult], skipped: &[(String, String)]) {
     outln!("drill {drill}");
+    for (scenario, why) in skipped {
+        outln!("  scenario {scenario}  ➖ skipped: {why}");
+    }
     for r in results {
         outln!(
             "  scenario {}  {}  (run {}, runbook {})",
@@ -371,7 +493,15 @@ fn print_summary(drill: &str, results: &[ScenarioResult]) {
         .iter()
         .filter(|r| r.verdict == Verdict::Passed)
         .count();
-    outln!("{passed}/{} scenarios passed", results.len());
+    if skipped.is_empty() {
+        outln!("{passed}/{} scenarios passed", results.len());
+    } else {
+        outln!(
+            "{passed}/{} scenarios passed, {} skipped",
+            results.len(),
+            skipped.len()
+        );
+    }
 }
 
 fn write_reports(
@@ -505,13 +635,19 @@ pub(crate) fn resume(
         break_lock: run.break_lock,
         cancel: None,
     };
-    if let Err(e) = crate::exec::execute(&launch) {
+    let executed = crate::exec::execute(&launch);
+    // The generated secrets the interrupted run kept are no longer needed once it ended
+    // (kept when it could not start, e.g. its lock is held: it can be resumed again).
+    if executed.is_ok() {
+        remove_generated(&composed);
+    }
+    if let Err(e) = executed {
         eprintln!("error: {e}");
         return e.exit_code();
     }
     match measure_and_record(store.as_ref(), &composed.meta, &run_id) {
         Ok(r) => {
-            print_summary(&r.drill, std::slice::from_ref(&r));
+            print_summary(&r.drill, std::slice::from_ref(&r), &[]);
             exit_code(std::slice::from_ref(&r))
         }
         Err(c) => c,

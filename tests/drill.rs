@@ -35,10 +35,17 @@ fn cli(state: &Path, args: &[&str]) -> RunOutput {
         .run()
 }
 
-/// `drills/local.yaml`, unchanged except for its scratch directory, port, recovery delay and
-/// objectives, and the runbook path made absolute, written into `dir`.
+/// The `service-restore` scenario of `drills/local.yaml` (without `db-restore`), unchanged
+/// except for its scratch directory, port, recovery delay and objectives, and the runbook path
+/// made absolute, written into `dir`.
 fn local_drill(dir: &TempDir, name: &str, delay: u32, objectives: &str) -> PathBuf {
-    let text = std::fs::read_to_string(root("drills/local.yaml")).expect("read drills/local.yaml");
+    let full = std::fs::read_to_string(root("drills/local.yaml")).expect("read drills/local.yaml");
+    let text = full
+        .split("\n  - name: db-restore\n")
+        .next()
+        .expect("the service scenario")
+        .to_owned();
+    assert_ne!(text, full, "drills/local.yaml has a db-restore scenario");
     let svc = dir.join(&format!("svc-{name}"));
     let port = free_port();
     let replaced = text
@@ -503,6 +510,344 @@ scenarios:
     assert!(out.stdout.contains(":***@"), "the DSN is shown masked");
 }
 
+/// The run id printed for `scenario` in a drill summary.
+fn run_id_for(out: &RunOutput, scenario: &str) -> String {
+    out.stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("scenario {scenario} ")))
+        .and_then(|l| l.split("(run ").nth(1))
+        .and_then(|s| s.split(',').next())
+        .unwrap_or_else(|| panic!("no run of {scenario} in\n{}", out.dump()))
+        .to_owned()
+}
+
+/// Every file under the per-user directories of generated drill secrets.
+fn generated_secret_files() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with("runbook-drill-secrets-")
+        {
+            walk(&e.path(), &mut out);
+        }
+    }
+    out
+}
+
+/// The whole `drills/local.yaml` as a new user runs it: both scenarios. With `PostgreSQL`
+/// installed (always in CI: scripts/test installs it and exports CI=true) `db-restore` runs a
+/// throwaway cluster through `runbooks/migration-restore.yaml`; its RPO is the restored backup's
+/// age when the fault hit, and the password the drill generated is nowhere in the output, the
+/// reports, the journal or the audit log.
+#[test]
+fn the_whole_local_drill_restores_a_local_postgres_and_never_shows_its_password() {
+    let strict = std::env::var("CI").is_ok_and(|v| v == "true");
+    let dir = TempDir::new("drill-localpg");
+    let state = dir.join("state");
+    let reports = dir.join("reports");
+    let spy = dir.join("password-seen-by-the-test");
+    let pg_dir = dir.join("pg");
+    let (svc_port, pg_port, health_port) = (free_port(), free_port(), free_port());
+    let text = std::fs::read_to_string(root("drills/local.yaml")).expect("read drills/local.yaml");
+    let replaced = text
+        .replace(
+            "runbook: ../runbooks/examples/local-service-restore.yaml",
+            &format!(
+                "runbook: {}",
+                root("runbooks/examples/local-service-restore.yaml").display()
+            ),
+        )
+        .replace(
+            "runbook: ../runbooks/migration-restore.yaml",
+            &format!(
+                "runbook: {}",
+                root("runbooks/migration-restore.yaml").display()
+            ),
+        )
+        .replace(
+            "/tmp/runbook-drill-local",
+            &dir.join("svc").display().to_string(),
+        )
+        .replace("port: 18765", &format!("port: {svc_port}"))
+        .replace("/tmp/runbook-drill-pg", &pg_dir.display().to_string())
+        .replace("54329", &pg_port.to_string())
+        .replace("18766", &health_port.to_string())
+        // The test's only way to learn the generated password: the backup step's environment.
+        .replace(
+            "run: pg_dump --no-password",
+            &format!(
+                "run: printf %s \"$PGPASSWORD\" > {} && pg_dump --no-password",
+                spy.display()
+            ),
+        );
+    assert!(replaced.contains(&format!("127.0.0.1:{pg_port}/shop")));
+    assert!(replaced.contains(&spy.display().to_string()));
+    let file = dir.write("local.yaml", &replaced);
+    let mut cmd = Runbook::new(
+        [
+            "drill",
+            "run",
+            file.to_str().expect("utf-8"),
+            "--report-dir",
+            reports.to_str().expect("utf-8"),
+        ]
+        .map(str::to_owned),
+    )
+    .env("RUNBOOK_STATE_DIR", state.to_str().expect("utf-8"));
+    if strict {
+        // The server binaries of the version the other PostgreSQL tests use come first.
+        cmd = cmd.env(
+            "PATH",
+            &format!(
+                "{}:{}",
+                support::pg::bin_dir().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        );
+    }
+    let started = Instant::now();
+    let out = cmd.run();
+    let elapsed = started.elapsed();
+    eprintln!("the whole local drill took {elapsed:?}");
+    out.assert_code(0);
+    assert!(
+        out.stdout.contains("scenario service-restore  ✅ passed"),
+        "{}",
+        out.dump()
+    );
+    if !strict && out.stdout.contains("scenario db-restore  ➖ skipped: ") {
+        eprintln!("PostgreSQL is not installed here: db-restore was skipped (CI runs it)");
+        return;
+    }
+    assert!(
+        out.stdout.contains("scenario db-restore  ✅ passed"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stdout.contains("2/2 scenarios passed"),
+        "{}",
+        out.dump()
+    );
+    let run_id = run_id_for(&out, "db-restore");
+    let ev = events(&state, &run_id);
+    let rows = history(&state);
+    let r = rows
+        .iter()
+        .find(|r| r["run_id"] == run_id.as_str())
+        .expect("the db-restore result");
+    assert_eq!(r["verdict"], "passed");
+    assert_eq!(
+        r["rto"]["actual_ms"],
+        last_pass(&ev, "accept") - last_pass(&ev, "detect")
+    );
+    // RPO: the fault (the last inject step done) minus the backup's time, read from the
+    // restored dump by the rpo step; the backup was taken during the backup step.
+    let fault = [
+        "start-cluster",
+        "create-data",
+        "backup",
+        "write-after-backup",
+        "destructive-migration",
+    ]
+    .iter()
+    .map(|s| succeeded_at(&ev, s))
+    .max()
+    .expect("inject steps");
+    let taken_s = ev
+        .iter()
+        .find(|e| e.kind == "step_succeeded" && e.step.as_deref() == Some("backup-taken"))
+        .and_then(|e| e.data["outputs"]["taken_at"].as_i64())
+        .expect("backup-taken output");
+    let backup_done = succeeded_at(&ev, "backup");
+    assert!(
+        taken_s * 1000 <= backup_done && backup_done - taken_s * 1000 < 2000,
+        "the restored dump is the drill's backup ({taken_s} s, backup step done at {backup_done} ms)"
+    );
+    assert_eq!(r["rpo"]["actual_ms"], fault - taken_s * 1000);
+    assert_eq!(r["rpo"]["target_ms"], 300_000);
+    assert_eq!(r["rpo"]["met"], true);
+    // The recovery is the production runbook, restoring the dump, as a sub-DAG of the run.
+    let restored = succeeded_at(&ev, "recover/restore-backup");
+    assert!(last_pass(&ev, "detect") < restored && restored <= last_pass(&ev, "accept"));
+    let accepted: Vec<&Value> = r["accept"].as_array().expect("accept").iter().collect();
+    assert_eq!(accepted.len(), 2);
+    assert!(accepted.iter().all(|a| a["passed"] == true), "{accepted:?}");
+
+    // The generated password: a fresh random one, shown nowhere.
+    let password = std::fs::read_to_string(&spy).expect("the backup step saw the password");
+    assert_eq!(password.len(), 36, "{password:?}");
+    assert!(password.chars().all(|c| c.is_ascii_hexdigit()));
+    let audit = cli(&state, &["audit", "export"]);
+    audit.assert_code(0);
+    let journal = serde_json::to_string(&ev.iter().map(|e| &e.data).collect::<Vec<_>>())
+        .expect("events as JSON");
+    let mut texts = vec![
+        ("stdout", out.stdout.clone()),
+        ("stderr", out.stderr.clone()),
+        ("audit", audit.stdout.clone()),
+        ("history", serde_json::to_string(&rows).expect("json")),
+        ("journal", journal),
+    ];
+    for ext in ["md", "html", "json", "xml"] {
+        let report = std::fs::read_to_string(reports.join(format!("local.{ext}")))
+            .unwrap_or_else(|e| panic!("report local.{ext}: {e}"));
+        // JUnit names the scenario (its test case), the others the run too.
+        let named = if ext == "xml" {
+            "db-restore"
+        } else {
+            run_id.as_str()
+        };
+        assert!(report.contains(named), "local.{ext} does not name {named}");
+        texts.push((ext, report));
+    }
+    for (what, text) in &texts {
+        assert!(!text.contains(&password), "the password leaked into {what}");
+    }
+    assert!(
+        out.stdout.contains(":***@127.0.0.1"),
+        "the DSNs are shown masked"
+    );
+    // Cleanup stopped the cluster and removed its directory; the secret files are gone.
+    assert!(!pg_dir.exists(), "cleanup left {}", pg_dir.display());
+    for f in generated_secret_files() {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        assert!(
+            !text.contains(&password),
+            "{} still holds the password",
+            f.display()
+        );
+    }
+}
+
+/// tests/drills/requires.yaml with its placeholders filled in, written into `dir`.
+fn requires_drill(dir: &TempDir) -> PathBuf {
+    let text = std::fs::read_to_string(root("tests/drills/requires.yaml")).expect("fixture");
+    dir.write(
+        "requires.yaml",
+        &text
+            .replace("DIR", &dir.path().display().to_string())
+            .replace(
+                "RECOVER",
+                &root("tests/drills/recover.yaml").display().to_string(),
+            ),
+    )
+}
+
+fn run_files(state: &Path) -> Vec<String> {
+    store(state)
+        .runs(100)
+        .expect("runs")
+        .into_iter()
+        .map(|r| r.file)
+        .collect()
+}
+
+#[test]
+fn a_scenario_whose_requires_fail_is_skipped_and_the_others_run() {
+    let dir = TempDir::new("drill-requires");
+    let state = dir.join("state");
+    let file = requires_drill(&dir);
+    let out = cli(&state, &["drill", "run", file.to_str().expect("utf-8")]);
+    out.assert_code(0);
+    assert!(
+        out.stdout.contains(
+            "scenario needs-a-missing-tool  ➖ skipped: the frobnicator is installed: exit 1"
+        ),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stdout.contains("scenario plain  ✅ passed"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stdout.contains("1/1 scenarios passed, 1 skipped"),
+        "{}",
+        out.dump()
+    );
+    // Nothing of the skipped scenario ran: no inject, no cleanup, no run, no result.
+    assert!(!dir.join("injected-by-skipped").exists());
+    assert!(!dir.join("cleaned-by-skipped").exists());
+    assert!(dir.join("injected-by-plain").exists());
+    let files = run_files(&state);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].ends_with("#scenario=plain"), "{files:?}");
+    assert_eq!(history(&state).len(), 1);
+
+    // Asked for by name, it is skipped too; a drill where nothing ran exits 1.
+    let only = cli(
+        &state,
+        &[
+            "drill",
+            "run",
+            file.to_str().expect("utf-8"),
+            "--scenario",
+            "needs-a-missing-tool",
+        ],
+    );
+    only.assert_code(1);
+    assert!(
+        only.stdout
+            .contains("➖ skipped: the frobnicator is installed: exit 1"),
+        "{}",
+        only.dump()
+    );
+    assert!(
+        only.stderr
+            .contains("error: every scenario of drill requires was skipped"),
+        "{}",
+        only.dump()
+    );
+    assert_eq!(run_files(&state).len(), 1, "no run was created");
+    assert!(!dir.join("injected-by-skipped").exists());
+
+    // The requirement's own output says what it saw.
+    let text = std::fs::read_to_string(&file).expect("read");
+    std::fs::write(
+        &file,
+        text.replace(
+            "run: \"false\"",
+            "run: echo frobnicator is not on PATH; exit 3",
+        ),
+    )
+    .expect("write");
+    let seen = cli(
+        &state,
+        &[
+            "drill",
+            "run",
+            file.to_str().expect("utf-8"),
+            "--scenario",
+            "needs-a-missing-tool",
+        ],
+    );
+    seen.assert_code(1);
+    assert!(
+        seen.stdout.contains(
+            "➖ skipped: the frobnicator is installed: exit 3 (frobnicator is not on PATH)"
+        ),
+        "{}",
+        seen.dump()
+    );
+}
+
 // ── resume ──────────────────────────────────────────────────────────────────────────────
 
 #[test]
@@ -762,7 +1107,7 @@ fn the_shipped_drills_validate() {
         "{}",
         out.dump()
     );
-    assert!(out.stdout.contains("drills/local.yaml: ok (1 scenario)"));
+    assert!(out.stdout.contains("drills/local.yaml: ok (2 scenarios)"));
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_saphyr::granit_parser::{Event, Parser};
 
-use super::model::{Drill, RpoUnit, Scenario};
+use super::model::{Drill, DrillSecret, RpoUnit, Scenario};
 use crate::compile::{Compiled, ParamValues};
 
 use crate::diagnostic::{Diagnostic, SourceFile, did_you_mean};
@@ -66,12 +66,74 @@ pub struct ScenarioMeta {
 /// A scenario ready to execute: the composed runbook and what measuring it needs.
 #[derive(Debug, Clone)]
 pub struct ComposedScenario {
+    /// The scenario's `requires` checks as a runbook of preflight checks (`runbook check`
+    /// evaluates them without a run), if it has any.
+    pub requires: Option<Requires>,
+    /// Secrets the drill writes before the scenario runs (`generated:`).
+    pub generated: Vec<GeneratedSecret>,
     /// The synthetic runbook (its `path` is the run's `file`: `<drill>#scenario=<name>`).
     pub compiled: Compiled,
     /// Its params (none: the scenario's params go to the `recover` call).
     pub params: ParamValues,
     /// For measurement.
     pub meta: ScenarioMeta,
+}
+
+/// A scenario's `requires` checks, compiled as the preflight of a runbook with the scenario's
+/// params and one inert step, so they are evaluated exactly like `runbook check` does.
+#[derive(Debug, Clone)]
+pub struct Requires {
+    /// The runbook holding the checks as `preflight`.
+    pub compiled: Compiled,
+    /// Its params (the scenario's).
+    pub params: ParamValues,
+    /// The checks' names, in order (for `➖ skipped: <name>: ...`).
+    pub names: Vec<String>,
+}
+
+/// A secret of the scenario the drill makes itself: `text` with `{password}` replaced, written
+/// to `path` (which the composed runbook reads as a `file:` secret).
+#[derive(Debug, Clone)]
+pub struct GeneratedSecret {
+    /// Where the value is written (mode 0600, in a directory of mode 0700).
+    pub path: PathBuf,
+    /// The text, with `{password}` placeholders.
+    pub text: String,
+}
+
+/// Where a scenario's generated secrets live while it runs: a fixed path per user, drill file
+/// and scenario, so that the composed runbook (and its hash, which `runbook resume` compares) is
+/// the same every time it is composed, and two drill files never share one.
+pub fn generated_dir(drill_path: &Path, drill: &str, scenario: &str) -> PathBuf {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let where_from = std::fs::canonicalize(drill_path)
+        .unwrap_or_else(|_| drill_path.to_path_buf())
+        .display()
+        .to_string();
+    std::env::temp_dir()
+        .join(format!(
+            "runbook-drill-secrets-{}",
+            clean(&crate::exec::current_user())
+        ))
+        .join(format!("{}-{:016x}", clean(drill), fnv1a(&where_from)))
+        .join(clean(scenario))
+}
+
+/// FNV-1a, 64 bits: a stable short name for a path (not a security measure).
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A scenario's schedule: its own, else the drill's.
@@ -312,44 +374,41 @@ pub fn compose(
     out.line("unattended: true");
     // The scenario's params are the composed runbook's too, so inject, detect, accept, rpo and
     // cleanup can say `{{ params.x }}` like the runbook does.
-    if !sc.params.is_empty() {
-        out.line("params:");
-        for (k, v) in &sc.params {
-            let ty = match &v.value {
-                serde_json::Value::Bool(_) => "bool",
-                serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => "int",
-                _ => "string",
-            };
-            let default = match &v.value {
-                serde_json::Value::String(_) | serde_json::Value::Bool(_) => v.value.to_string(),
-                serde_json::Value::Number(_) if ty == "int" => v.value.to_string(),
-                other => q(&other.to_string()),
-            };
-            out.push(
-                &format!("  {}: {{type: {ty}, default: {default}}}", q(k)),
-                Some((v.span.line, 0)),
-            );
-        }
-    }
+    write_params(&mut out, sc);
     // The recovery runbook's secrets are resolved with the scenario's when the run starts (a
     // called runbook reads the run's secrets), so a drill whose recovery could not read them
     // fails before anything is broken.
-    let mut secrets: BTreeMap<&str, (&crate::model::SecretSource, Option<u64>)> = BTreeMap::new();
+    let mut secrets: BTreeMap<&str, (String, Option<u64>)> = BTreeMap::new();
     if let Some(rb) = &runbook {
         for (k, v) in &rb.runbook.secrets {
-            secrets.insert(k, (&v.value, None));
+            let src = match &v.value {
+                crate::model::SecretSource::Env(e) => format!("{{env: {}}}", q(e)),
+                crate::model::SecretSource::File(f) => format!("{{file: {}}}", q(f)),
+            };
+            secrets.insert(k, (src, None));
         }
     }
+    let mut generated = Vec::new();
     for (k, v) in &sc.secrets {
-        secrets.insert(k, (&v.value, Some(v.span.line)));
+        let src = match &v.value {
+            DrillSecret::Env(e) => format!("{{env: {}}}", q(e)),
+            DrillSecret::File(f) => format!("{{file: {}}}", q(f)),
+            DrillSecret::Generated(text) => {
+                let path =
+                    generated_dir(&loaded.path, &loaded.drill.drill.value, &sc.name.value).join(k);
+                let src = format!("{{file: {}}}", q(&path.display().to_string()));
+                generated.push(GeneratedSecret {
+                    path,
+                    text: text.clone(),
+                });
+                src
+            }
+        };
+        secrets.insert(k, (src, Some(v.span.line)));
     }
     if !secrets.is_empty() {
         out.line("secrets:");
         for (k, (src, line)) in secrets {
-            let src = match src {
-                crate::model::SecretSource::Env(e) => format!("{{env: {}}}", q(e)),
-                crate::model::SecretSource::File(f) => format!("{{file: {}}}", q(f)),
-            };
             out.push(&format!("  {}: {src}", q(k)), line.map(|l| (l, 0)));
         }
     }
@@ -448,6 +507,7 @@ pub fn compose(
             None
         }
     };
+    let requires = compose_requires(loaded, sc, &mut diags);
     let approvals_by = approver.map_or_else(
         || {
             loaded.drill.approvals.by.as_ref().map_or_else(
@@ -459,6 +519,8 @@ pub fn compose(
     );
     match compiled {
         Some(compiled) if diags.is_empty() => Ok(ComposedScenario {
+            requires,
+            generated,
             params: crate::compile::resolve_params(&compiled.runbook, &[], &BTreeMap::new())
                 .unwrap_or_default(),
             compiled,
@@ -487,6 +549,90 @@ pub fn compose(
             let mut seen = std::collections::HashSet::new();
             diags.retain(|d| seen.insert((d.span.map(|s| (s.line, s.column)), d.message.clone())));
             Err(diags)
+        }
+    }
+}
+
+/// The scenario's params as the params of a composed runbook (`{{ params.x }}`).
+fn write_params(out: &mut Composer, sc: &Scenario) {
+    if sc.params.is_empty() {
+        return;
+    }
+    let q = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+    out.line("params:");
+    for (k, v) in &sc.params {
+        let ty = match &v.value {
+            serde_json::Value::Bool(_) => "bool",
+            serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => "int",
+            _ => "string",
+        };
+        let default = match &v.value {
+            serde_json::Value::String(_) | serde_json::Value::Bool(_) => v.value.to_string(),
+            serde_json::Value::Number(_) if ty == "int" => v.value.to_string(),
+            other => q(&other.to_string()),
+        };
+        out.push(
+            &format!("  {}: {{type: {ty}, default: {default}}}", q(k)),
+            Some((v.span.line, 0)),
+        );
+    }
+}
+
+/// The `requires` checks as the preflight of a runbook of their own (no secrets: they are
+/// evaluated before anything, a scenario whose secrets are missing is an error, not a skip).
+fn compose_requires(
+    loaded: &LoadedDrill,
+    sc: &Scenario,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Requires> {
+    if sc.requires.is_empty() {
+        return None;
+    }
+    let q = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+    let file_ref = format!("{}#requires", file_ref(&loaded.path, &sc.name.value));
+    let mut out = Composer::new(sc.name.span);
+    out.line(&format!(
+        "runbook: {}",
+        q(&format!(
+            "{}/{}/requires",
+            loaded.drill.drill.value, sc.name.value
+        ))
+    ));
+    write_params(&mut out, sc);
+    out.line("preflight:");
+    for c in &sc.requires {
+        out.node(&loaded.file.text, c.span, 2, None);
+    }
+    out.line("steps:");
+    out.line("  - id: requires");
+    out.line("    name: the scenario's requirements hold");
+    out.line("    verify:");
+    out.line("      - expr: \"true\"");
+    let synthetic = SourceFile::new(file_ref.clone(), out.text.clone());
+    match crate::compile::compile(synthetic, Path::new(&file_ref)) {
+        Ok(compiled) => Some(Requires {
+            params: crate::compile::resolve_params(&compiled.runbook, &[], &BTreeMap::new())
+                .unwrap_or_default(),
+            compiled,
+            names: sc
+                .requires
+                .iter()
+                .enumerate()
+                .map(|(i, c)| check_name(&c.value, i))
+                .collect(),
+        }),
+        Err(ds) => {
+            for mut d in ds {
+                d.message = d.message.replace("preflight", "requires");
+                if d.message.contains("`secrets.") {
+                    d.help = Some(
+                        "`requires` checks run before the scenario's secrets are resolved: they read params only"
+                            .to_owned(),
+                    );
+                }
+                diags.push(out.map(d, &loaded.file));
+            }
+            None
         }
     }
 }

@@ -23,10 +23,19 @@ pub struct Finding {
     pub detail: String,
 }
 
-/// A reporter that keeps nothing: `check` prints its own findings.
-struct Quiet;
+/// A reporter that keeps only the last output line of a preflight check (masked like every
+/// output), so a failing one says what it saw: `check` prints its own findings.
+struct Quiet(Arc<std::sync::Mutex<Option<String>>>);
 impl Reporter for Quiet {
-    fn emit(&self, _: i64, _: &Event) {}
+    fn emit(&self, _: i64, event: &Event) {
+        if let Event::Output { step, line, .. } = event
+            && step == "preflight"
+            && !line.trim().is_empty()
+            && let Ok(mut last) = self.0.lock()
+        {
+            *last = Some(line.trim().to_owned());
+        }
+    }
 }
 
 /// Shell words that are not programs on PATH.
@@ -82,6 +91,7 @@ pub fn check(c: &Compiled, params: &ParamValues) -> Result<Vec<Finding>, String>
         .enable_all()
         .build()
         .map_err(|e| format!("failed to start the async runtime: {e}"))?;
+    let last_line = Arc::new(std::sync::Mutex::new(None));
     let options = Options {
         max_parallel: None,
         yes: false,
@@ -96,7 +106,7 @@ pub fn check(c: &Compiled, params: &ParamValues) -> Result<Vec<Finding>, String>
         params,
         &secrets,
         options,
-        Box::new(Quiet),
+        Box::new(Quiet(last_line.clone())),
         None,
     )?;
     let compiled = Arc::new(c.clone());
@@ -131,7 +141,16 @@ pub fn check(c: &Compiled, params: &ParamValues) -> Result<Vec<Finding>, String>
                     .map(|n| format!(" ({n})"))
                     .unwrap_or_default()
             );
-            findings.push(run_check(&ctx("preflight", t.timeout), check, &t, &what).await);
+            if let Ok(mut last) = last_line.lock() {
+                *last = None;
+            }
+            let mut finding = run_check(&ctx("preflight", t.timeout), check, &t, &what).await;
+            if finding.outcome == "fail"
+                && let Some(line) = last_line.lock().ok().and_then(|mut l| l.take())
+            {
+                finding.detail = format!("{} ({line})", finding.detail);
+            }
+            findings.push(finding);
         }
         for i in 0..c.steps.len() {
             let step = c.step(i);
