@@ -417,7 +417,7 @@ fn finish(
     print_summary(drill, results, skipped);
     let mut code = exit_code(results);
     if let Some(dir) = report_dir
-        && let Err(why) = write_reports(store.as_ref(), drill, results, dir)
+        && let Err(why) = write_reports(store.as_ref(), drill, results, skipped, dir)
     {
         eprintln!("error: {why}\n  help: give --report-dir a writable directory");
         if code == exit::SUCCESS {
@@ -508,9 +508,10 @@ fn write_reports(
     store: &dyn Store,
     drill: &str,
     results: &[ScenarioResult],
+    skipped: &[(String, String)],
     dir: &Path,
 ) -> Result<(), String> {
-    let report = crate::report::drill_report(store, drill, results)
+    let report = crate::report::drill_report(store, drill, results, skipped)
         .map_err(|e| format!("failed to build the drill report: {}", chain(&e)))?;
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("failed to create report directory {}: {e}", dir.display()))?;

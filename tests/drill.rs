@@ -763,8 +763,35 @@ fn a_scenario_whose_requires_fail_is_skipped_and_the_others_run() {
     let dir = TempDir::new("drill-requires");
     let state = dir.join("state");
     let file = requires_drill(&dir);
-    let out = cli(&state, &["drill", "run", file.to_str().expect("utf-8")]);
+    let reports = dir.join("reports");
+    let out = cli(
+        &state,
+        &[
+            "drill",
+            "run",
+            file.to_str().expect("utf-8"),
+            "--report-dir",
+            reports.to_str().expect("utf-8"),
+        ],
+    );
     out.assert_code(0);
+    // The reports say what was not drilled, and why: Markdown, HTML, and a skipped JUnit test.
+    let md = std::fs::read_to_string(reports.join("requires.md")).expect("markdown report");
+    assert!(
+        md.contains("- ➖ `needs-a-missing-tool` — the frobnicator is installed: exit 1"),
+        "{md}"
+    );
+    let html = std::fs::read_to_string(reports.join("requires.html")).expect("html report");
+    assert!(
+        html.contains("data-skipped=\"needs-a-missing-tool\""),
+        "{html}"
+    );
+    let junit = std::fs::read_to_string(reports.join("requires.xml")).expect("junit report");
+    assert!(
+        junit.contains("classname=\"requires.needs-a-missing-tool\"")
+            && junit.contains("<skipped message=\"the frobnicator is installed: exit 1"),
+        "{junit}"
+    );
     assert!(
         out.stdout.contains(
             "scenario needs-a-missing-tool  ➖ skipped: the frobnicator is installed: exit 1"

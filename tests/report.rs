@@ -653,7 +653,7 @@ fn drill_report_with_passed_failed_and_invalid_scenarios() {
     let results = runbook::drill::drill_results(&store, Some("report-drill")).expect("results");
     let names: Vec<&str> = results.iter().map(|r| r.scenario.as_str()).collect();
     assert_eq!(names, ["fast-restore", "slow-restore", "harmless-inject"]);
-    let report = drill_report(&store, "report-drill", &results).expect("report");
+    let report = drill_report(&store, "report-drill", &results, &[]).expect("report");
     assert!(!report.passed());
     let passed: Vec<bool> = report.sections.iter().map(|s| s.passed).collect();
     assert_eq!(passed, [true, false, false]);

@@ -59,6 +59,7 @@ pub fn drill_report(
     store: &dyn Store,
     drill: &str,
     results: &[ScenarioResult],
+    skipped: &[(String, String)],
 ) -> Result<Report, ReportError> {
     let mut sections = Vec::with_capacity(results.len());
     for r in results {
@@ -78,7 +79,16 @@ pub fn drill_report(
     Ok(Report {
         kind: ReportKind::Drill,
         title: format!("Drill report: {drill}{when}"),
-        drill: Some(drill_facts(drill, &file, results)),
+        drill: Some(DrillFacts {
+            skipped: skipped
+                .iter()
+                .map(|(scenario, reason)| super::SkippedScenario {
+                    scenario: scenario.clone(),
+                    reason: reason.clone(),
+                })
+                .collect(),
+            ..drill_facts(drill, &file, results)
+        }),
         sections,
     })
 }
@@ -100,6 +110,7 @@ fn drill_facts(name: &str, file: &str, results: &[ScenarioResult]) -> DrillFacts
             .iter()
             .filter(|r| r.verdict == Verdict::Invalid)
             .count(),
+        skipped: Vec::new(),
     }
 }
 

@@ -59,6 +59,19 @@ pub fn render(report: &Report) -> String {
             esc(&d.name),
             esc(&d.file)
         );
+        if !d.skipped.is_empty() {
+            out.push_str("<p>Skipped here (their <code>requires</code> failed):</p>\n<ul class=\"skipped\">\n");
+            for s in &d.skipped {
+                let _ = writeln!(
+                    out,
+                    "<li data-skipped=\"{}\"><code>{}</code> — {}</li>",
+                    esc(&s.scenario),
+                    esc(&s.scenario),
+                    esc(&s.reason)
+                );
+            }
+            out.push_str("</ul>\n");
+        }
     }
     if report.sections.is_empty() {
         out.push_str("<p>No scenario ran.</p>\n");

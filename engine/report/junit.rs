@@ -39,6 +39,19 @@ pub fn render(report: &Report) -> String {
             ReportKind::Incident => run_cases(s, &mut cases),
         }
     }
+    // Scenarios that could not run here show as skipped tests, with the reason.
+    for s in report.drill.iter().flat_map(|d| &d.skipped) {
+        cases.push(Case {
+            classname: format!(
+                "{}.{}",
+                report.drill.as_ref().map_or("drill", |d| d.name.as_str()),
+                s.scenario
+            ),
+            name: "scenario".to_owned(),
+            time_ms: 0,
+            result: CaseResult::Skipped(s.reason.clone()),
+        });
+    }
     let failures = cases
         .iter()
         .filter(|c| matches!(c.result, CaseResult::Failed { .. }))

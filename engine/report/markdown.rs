@@ -30,6 +30,18 @@ pub fn render(report: &Report) -> String {
             md_cell(&d.name),
             md_cell(&d.file)
         );
+        if !d.skipped.is_empty() {
+            out.push_str("Skipped here (their `requires` failed):\n\n");
+            for s in &d.skipped {
+                let _ = writeln!(
+                    out,
+                    "- ➖ `{}` — {}",
+                    md_cell(&s.scenario),
+                    md_cell(&s.reason)
+                );
+            }
+            out.push('\n');
+        }
         if report.sections.len() > 1 {
             out.push_str(
                 "| Scenario | Verdict | RTO target | RTO actual | RPO target | RPO actual |\n",

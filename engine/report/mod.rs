@@ -114,6 +114,17 @@ pub struct DrillFacts {
     pub passed: usize,
     /// Of which invalid (the fault was never detected).
     pub invalid: usize,
+    /// Scenarios that did not run because their `requires` failed here (not counted above).
+    pub skipped: Vec<SkippedScenario>,
+}
+
+/// A drill scenario that did not run: what it needed and did not find.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SkippedScenario {
+    /// The scenario.
+    pub scenario: String,
+    /// The failed `requires` check and what it saw.
+    pub reason: String,
 }
 
 /// The report of one run.
