@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::cli::Output;
 use crate::diagnostic::did_you_mean;
+use crate::diagnostic::error_chain as chain;
 use crate::drill::compose::{self, ComposedScenario, LoadedDrill};
 use crate::drill::measure::fmt_ms;
 use crate::drill::{ScenarioResult, Verdict};
@@ -537,17 +538,6 @@ fn write_reports(
         eprintln!("wrote {}", path.display());
     }
     Ok(())
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }
 
 /// `runbook resume` of a drill scenario's run: the same composed runbook, rebuilt from the

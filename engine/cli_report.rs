@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::diagnostic::error_chain as chain;
 use crate::exit;
 use crate::report::ReportFormat;
-use crate::state::{RunRecord, Store};
 
 /// `runbook report`.
 pub fn report(dir: Option<PathBuf>, run_id: &str, format: ReportFormat, out: Option<&Path>) -> u8 {
@@ -13,7 +13,7 @@ pub fn report(dir: Option<PathBuf>, run_id: &str, format: ReportFormat, out: Opt
         Ok(s) => s,
         Err(c) => return c,
     };
-    let run = match find(store.as_ref(), run_id) {
+    let run = match crate::cli_state::find_run(store.as_ref(), run_id) {
         Ok(r) => r,
         Err(c) => return c,
     };
@@ -54,35 +54,4 @@ pub fn report(dir: Option<PathBuf>, run_id: &str, format: ReportFormat, out: Opt
         path.display()
     );
     exit::SUCCESS
-}
-
-fn find(store: &dyn Store, run_id: &str) -> Result<RunRecord, u8> {
-    match store.run(run_id) {
-        Ok(Some(r)) => Ok(r),
-        Ok(None) => {
-            eprintln!(
-                "error: failed to find run {run_id}\n  help: `runbook runs` lists the runs in this state directory (see --state-dir)"
-            );
-            Err(exit::STATE)
-        }
-        Err(e) => {
-            eprintln!("error: {}", chain(&e));
-            Err(exit::STATE)
-        }
-    }
-}
-
-/// An error and its sources, one clause each.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        let t = x.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = x.source();
-    }
-    s
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::{ApprovalArgs, AuditCommand, Output, ParamArgs, RunArgs};
+use crate::diagnostic::error_chain as chain;
 use crate::exec::{Decision, ResumeFrom};
 use crate::exit;
 use crate::state::{SqliteStore, StateDir, Store};
@@ -26,22 +27,8 @@ pub fn open_store(dir: Option<PathBuf>) -> Result<Arc<dyn Store>, u8> {
     }
 }
 
-/// An error and its sources, one clause each.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        let t = x.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = x.source();
-    }
-    s
-}
-
-fn find_run(store: &dyn Store, run_id: &str) -> Result<crate::state::RunRecord, u8> {
+/// The run `run_id` names (a unique prefix is enough), or the exit code after saying why not.
+pub(crate) fn find_run(store: &dyn Store, run_id: &str) -> Result<crate::state::RunRecord, u8> {
     match store.run(run_id) {
         Ok(Some(r)) => Ok(r),
         Ok(None) => {
@@ -444,16 +431,9 @@ fn parse_since(s: &str) -> Result<i64, String> {
     }
     let parts: Vec<&str> = s.split('-').collect();
     if let [y, m, d] = parts.as_slice()
-        && let (Ok(y), Ok(m), Ok(d)) = (y.parse::<i64>(), m.parse::<i64>(), d.parse::<i64>())
+        && let (Ok(y), Ok(m), Ok(d)) = (y.parse::<i64>(), m.parse::<u32>(), d.parse::<u32>())
     {
-        // Days from civil (Howard Hinnant), inverse of clock::rfc3339.
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let mp = (m + 9) % 12;
-        let doy = (153 * mp + 2) / 5 + d - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        return Ok((era * 146_097 + doe - 719_468) * 86_400_000);
+        return Ok(crate::clock::days_from_civil(y, m, d) * 86_400_000);
     }
     Err(format!(
         "--since {s:?} is neither milliseconds since the epoch nor a date YYYY-MM-DD"

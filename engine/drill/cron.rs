@@ -5,6 +5,8 @@
 //! (`*/15`, `1-10/2`) and month/day names (`jan`, `mon`); day-of-week 0 and 7 are Sunday. As in
 //! Vixie cron, when both day fields are restricted a day matches if either does.
 
+use crate::clock::{civil_from_days, days_from_civil};
+
 /// A parsed schedule: the set of values each field allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schedule {
@@ -252,31 +254,6 @@ impl Schedule {
 fn weekday(y: i64, m: u32, d: u32) -> u32 {
     // 1970-01-01 was a Thursday (4).
     u32::try_from((days_from_civil(y, m, d) + 4).rem_euclid(7)).unwrap_or(0)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = i64::from((m + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day number since 1970-01-01.
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
-    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 #[cfg(test)]

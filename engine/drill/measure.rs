@@ -399,7 +399,7 @@ fn parse_datetime(s: &str) -> Option<i64> {
             sign * (hh * 60 + mm)
         }
     };
-    let days = super::cron::days_from_civil(y, u32::try_from(mo).ok()?, u32::try_from(d).ok()?);
+    let days = crate::clock::days_from_civil(y, u32::try_from(mo).ok()?, u32::try_from(d).ok()?);
     Some(((days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60) * 1000) + millis)
 }
 

@@ -828,19 +828,7 @@ mod live {
         }
     }
 
-    /// An error and its sources, each once.
-    fn chain(e: &dyn std::error::Error) -> String {
-        let mut out = e.to_string();
-        let mut src = e.source();
-        while let Some(s) = src {
-            let text = s.to_string();
-            if !out.contains(&text) {
-                let _ = write!(out, ": {text}");
-            }
-            src = s.source();
-        }
-        out
-    }
+    use crate::diagnostic::error_chain as chain;
 
     /// What the operation was and where, for error messages.
     struct Place<'a> {

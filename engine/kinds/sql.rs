@@ -1003,15 +1003,7 @@ mod decode {
 
     /// `YYYY-MM-DD` of days since 1970-01-01 (proleptic Gregorian; Howard Hinnant's algorithm).
     fn civil(z: i64) -> String {
-        let z = z + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        let y = yoe + era * 400 + i64::from(m <= 2);
+        let (y, m, d) = crate::clock::civil_from_days(z);
         if y < 0 {
             format!("-{:04}-{m:02}-{d:02}", -y)
         } else {

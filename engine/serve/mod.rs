@@ -31,6 +31,7 @@ use self::metrics::{Ended, Metrics};
 use self::runner::{Start, Tracked};
 use self::triggers::{Mode, Triggers};
 use self::webhook::AlertOutcome;
+use crate::diagnostic::error_chain as chain;
 use crate::exec::OutputMode;
 use crate::state::{RunRecord, Store};
 
@@ -124,21 +125,6 @@ struct Job {
     params: Vec<(String, String)>,
     alert: Option<String>,
     resume: Option<RunRecord>,
-}
-
-/// An error and its sources, one clause each.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        let t = x.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = x.source();
-    }
-    s
 }
 
 /// A line on the server log (stderr).
