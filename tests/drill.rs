@@ -549,14 +549,12 @@ fn generated_secret_files() -> Vec<PathBuf> {
     out
 }
 
-/// The whole `drills/local.yaml` as a new user runs it: both scenarios. With `PostgreSQL`
-/// installed (always in CI: scripts/test installs it and exports CI=true) `db-restore` runs a
-/// throwaway cluster through `runbooks/migration-restore.yaml`; its RPO is the restored backup's
+/// The whole `drills/local.yaml` as a new user runs it: both scenarios. `db-restore` runs a
+/// throwaway cluster of the PostgreSQL the other tests use (missing fails the test) through `runbooks/migration-restore.yaml`; its RPO is the restored backup's
 /// age when the fault hit, and the password the drill generated is nowhere in the output, the
 /// reports, the journal or the audit log.
 #[test]
 fn the_whole_local_drill_restores_a_local_postgres_and_never_shows_its_password() {
-    let strict = std::env::var("CI").is_ok_and(|v| v == "true");
     let dir = TempDir::new("drill-localpg");
     let state = dir.join("state");
     let reports = dir.join("reports");
@@ -598,7 +596,7 @@ fn the_whole_local_drill_restores_a_local_postgres_and_never_shows_its_password(
     assert!(replaced.contains(&format!("127.0.0.1:{pg_port}/shop")));
     assert!(replaced.contains(&spy.display().to_string()));
     let file = dir.write("local.yaml", &replaced);
-    let mut cmd = Runbook::new(
+    let cmd = Runbook::new(
         [
             "drill",
             "run",
@@ -608,18 +606,16 @@ fn the_whole_local_drill_restores_a_local_postgres_and_never_shows_its_password(
         ]
         .map(str::to_owned),
     )
-    .env("RUNBOOK_STATE_DIR", state.to_str().expect("utf-8"));
-    if strict {
-        // The server binaries of the version the other PostgreSQL tests use come first.
-        cmd = cmd.env(
-            "PATH",
-            &format!(
-                "{}:{}",
-                support::pg::bin_dir().display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        );
-    }
+    .env("RUNBOOK_STATE_DIR", state.to_str().expect("utf-8"))
+    // The server binaries of the version the other PostgreSQL tests use come first.
+    .env(
+        "PATH",
+        &format!(
+            "{}:{}",
+            support::pg::bin_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+    );
     let started = Instant::now();
     let out = cmd.run();
     let elapsed = started.elapsed();
@@ -630,10 +626,6 @@ fn the_whole_local_drill_restores_a_local_postgres_and_never_shows_its_password(
         "{}",
         out.dump()
     );
-    if !strict && out.stdout.contains("scenario db-restore  ➖ skipped: ") {
-        eprintln!("PostgreSQL is not installed here: db-restore was skipped (CI runs it)");
-        return;
-    }
     assert!(
         out.stdout.contains("scenario db-restore  ✅ passed"),
         "{}",
@@ -1160,16 +1152,9 @@ fn unknown_scenario_is_refused_with_a_suggestion() {
 
 // ── cronjob ─────────────────────────────────────────────────────────────────────────────
 
-/// The real kubectl (scripts/test installs Debian's kubernetes-client); missing is a failure,
-/// not a skip.
+/// The real kubectl (Debian's `kubernetes-client`); missing fails the test.
 fn kubectl() -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("kubectl"))
-                .find(|p| p.is_file())
-        })
-        .expect("kubectl is not on PATH (scripts/test installs Debian's kubernetes-client)")
+    support::tool("kubectl", &["/usr/bin/kubectl"], "kubernetes-client")
 }
 
 /// Every key of `want` is in `got` with the same value (kubectl drops fields it does not know).

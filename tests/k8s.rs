@@ -120,23 +120,9 @@ fn image_of(d: &Value) -> String {
 // ---------------------------------------------------------------------------------------------
 // kubectl
 
-/// The real kubectl, or `None` (and a note) when it is missing outside CI; in CI (`CI=true`) a
-/// missing kubectl fails the test: `scripts/test` installs Debian's `kubernetes-client`.
-fn kubectl() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join("kubectl"))
-            .find(|c| c.is_file())
-    });
-    if found.is_none() {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(
-            !ci,
-            "kubectl is not on PATH: the k8s double must be cross-checked with the real kubectl in CI (scripts/test installs Debian's kubernetes-client)"
-        );
-        eprintln!("kubectl not found on PATH: skipping the kubectl cross-check (it runs in CI)");
-    }
-    found
+/// The real kubectl (Debian's `kubernetes-client`); missing fails the test.
+fn kubectl() -> PathBuf {
+    support::tool("kubectl", &["/usr/bin/kubectl"], "kubernetes-client")
 }
 
 struct Kubectl {
@@ -179,7 +165,7 @@ impl Kubectl {
 
 #[test]
 fn kubectl_get_sees_what_the_double_serves() {
-    let Some(bin) = kubectl() else { return };
+    let bin = kubectl();
     let d = seeded(PRIMARY_TOKEN);
     d.allow_anonymous();
     let tmp = TempDir::new("k8s-kubectl-get");
@@ -223,7 +209,7 @@ fn the_write(d: &K8sDouble) -> (String, String, String, Value) {
 
 #[test]
 fn rollout_undo_does_what_kubectl_rollout_undo_does() {
-    let Some(bin) = kubectl() else { return };
+    let bin = kubectl();
     for to_revision in [None, Some(1)] {
         let (a, b, tmp, kubeconfig) = twins("k8s-undo-kubectl");
         let k = Kubectl {
@@ -312,7 +298,7 @@ fn rollout_undo_does_what_kubectl_rollout_undo_does() {
 
 #[test]
 fn scale_does_what_kubectl_scale_does() {
-    let Some(bin) = kubectl() else { return };
+    let bin = kubectl();
     let (a, b, tmp, kubeconfig) = twins("k8s-scale-kubectl");
     let k = Kubectl {
         bin,
@@ -362,7 +348,7 @@ fn scale_does_what_kubectl_scale_does() {
 
 #[test]
 fn get_returns_the_object_kubectl_get_prints() {
-    let Some(bin) = kubectl() else { return };
+    let bin = kubectl();
     let (a, _b, tmp, kubeconfig) = twins("k8s-get-kubectl");
     let k = Kubectl {
         bin,

@@ -2,8 +2,7 @@
 //! see tests/support/prom.rs) that scrapes a tiny app whose request counters the test drives.
 //!
 //! Each test generates a small runbook with one gate step and runs `runbook exec --output json`.
-//! Without the binary the Prometheus-backed tests are skipped with a message, except under
-//! `CI=true`, where they fail.
+//! Without the binary the tests fail, naming the package to install.
 
 mod support;
 
@@ -49,16 +48,16 @@ fn last_detail(out: &RunOutput) -> String {
         .to_owned()
 }
 
-/// Prometheus scraping a fresh app, or `None` when the test is skipped.
-fn setup() -> Option<(MetricsApp, Prometheus)> {
+/// Prometheus scraping a fresh app.
+fn setup() -> (MetricsApp, Prometheus) {
     let app = MetricsApp::start();
-    let prom = Prometheus::start(&[&app.target])?;
-    Some((app, prom))
+    let prom = Prometheus::start(&[&app.target]);
+    (app, prom)
 }
 
 #[test]
 fn instant_query_reads_the_value_of_one_series_and_of_a_scalar() {
-    let Some((app, prom)) = setup() else { return };
+    let (app, prom) = setup();
     app.add("200", 42.0);
     app.add("500", 7.0);
     let dir = TempDir::new("prom-instant");
@@ -105,7 +104,7 @@ fn instant_query_reads_the_value_of_one_series_and_of_a_scalar() {
 
 #[test]
 fn vector_query_lists_every_series_with_its_labels() {
-    let Some((app, prom)) = setup() else { return };
+    let (app, prom) = setup();
     app.add("200", 42.0);
     app.add("500", 7.0);
     let dir = TempDir::new("prom-vector");
@@ -135,7 +134,7 @@ fn vector_query_lists_every_series_with_its_labels() {
 
 #[test]
 fn empty_result_follows_on_empty() {
-    let Some((app, prom)) = setup() else { return };
+    let (app, prom) = setup();
     // Data exists, just not for this selector.
     app.wait_for_scrapes(2, Duration::from_secs(20));
     let dir = TempDir::new("prom-empty");
@@ -193,7 +192,7 @@ fn empty_result_follows_on_empty() {
 
 #[test]
 fn promql_error_shows_prometheus_message() {
-    let Some((_app, prom)) = setup() else { return };
+    let (_app, prom) = setup();
     let dir = TempDir::new("prom-syntax");
     let file = runbook(
         &dir,
@@ -267,7 +266,7 @@ const ERROR_RATIO: &str =
 
 #[test]
 fn sustained_check_fails_when_one_sample_breaks_the_threshold() {
-    let Some((app, prom)) = setup() else { return };
+    let (app, prom) = setup();
     app.set_rate("200", 100.0);
     app.wait_for_scrapes(4, Duration::from_secs(20));
     // One burst of errors, then none: by the time the check runs, the ratio is back to 0.
@@ -317,7 +316,7 @@ fn sustained_check_fails_when_one_sample_breaks_the_threshold() {
 
 #[test]
 fn sustained_check_passes_when_every_sample_is_fine() {
-    let Some((app, prom)) = setup() else { return };
+    let (app, prom) = setup();
     // About 1 % errors, steadily.
     app.set_rate("200", 100.0);
     app.set_rate("500", 1.0);

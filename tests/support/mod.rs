@@ -23,6 +23,27 @@ use serde_json::Value;
 /// Longest a single invocation may take before the test gives up and kills it.
 const HARD_LIMIT: Duration = Duration::from_secs(30);
 
+/// A tool the test drives for real, found on PATH or at one of its Debian paths.
+///
+/// A missing tool fails the test, with the package that provides it: a test never passes by
+/// skipping what it exists to check (`scripts/test` installs every one of them).
+#[track_caller]
+pub fn tool(name: &str, debian_paths: &[&str], package: &str) -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    on_path
+        .or_else(|| debian_paths.iter().map(PathBuf::from).find(|p| p.is_file()))
+        .unwrap_or_else(|| {
+            panic!(
+                "`{name}` is not installed: apt-get install {package} (scripts/test installs it); \
+                 this test drives the real tool and is never skipped"
+            )
+        })
+}
+
 /// A fixture under `tests/fixtures/exec`.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

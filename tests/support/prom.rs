@@ -4,7 +4,7 @@
 //! The server is Debian's `prometheus` binary (`scripts/test` installs it), started on a free
 //! port of 127.0.0.1 with a throwaway TSDB and `scrape_interval: 1s`; it is killed on drop, or
 //! by a watchdog process when the test process dies first. Without the binary, [`Prometheus::start`]
-//! panics when `CI=true` and otherwise returns `None` after saying the test is skipped.
+//! fails the test (see [`super::tool`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -145,29 +145,15 @@ pub struct Prometheus {
     dir: PathBuf,
 }
 
-/// The `prometheus` binary on PATH.
-pub fn binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("prometheus"))
-        .find(|p| p.is_file())
+/// The `prometheus` binary (Debian's `prometheus`); missing fails the test.
+pub fn binary() -> PathBuf {
+    super::tool("prometheus", &["/usr/bin/prometheus"], "prometheus")
 }
 
 impl Prometheus {
-    /// Start a server scraping `targets` every second; `None` (the test is skipped) when the
-    /// binary is missing outside CI.
-    pub fn start(targets: &[&str]) -> Option<Self> {
-        let Some(bin) = binary() else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "the `prometheus` binary is not on PATH: install Debian's `prometheus` package \
-                 (scripts/test does)"
-            );
-            eprintln!(
-                "SKIPPED: the `prometheus` binary is not on PATH (apt-get install prometheus)"
-            );
-            return None;
-        };
+    /// Start a server scraping `targets` every second.
+    pub fn start(targets: &[&str]) -> Self {
+        let bin = binary();
         let dir = std::env::temp_dir().join(format!(
             "runbook-test-prom-{}-{}",
             std::process::id(),
@@ -212,7 +198,7 @@ impl Prometheus {
                 dir: dir.clone(),
             };
             if server.wait_ready(Duration::from_secs(20)) {
-                return Some(server);
+                return server;
             }
             let _ = server.child.kill();
             let _ = server.child.wait();
