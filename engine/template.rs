@@ -500,10 +500,9 @@ fn tag_end(text: &str, start: usize, close: &str) -> usize {
         match quote {
             Some(_) if b == b'\\' => i += 1,
             Some(q) if b == q => quote = None,
-            Some(_) => {}
             None if close != "#}" && (b == b'\'' || b == b'"') => quote = Some(b),
             None if text[i..].starts_with(close) => return i + close.len(),
-            None => {}
+            _ => {}
         }
         i += 1;
     }

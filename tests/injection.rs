@@ -2,11 +2,12 @@
 //! file and by an alert label through a real `runbook serve` never execute, in any shell quoting
 //! context, and arrive byte-exact; in URLs they cannot add segments or parameters or change the
 //! host (a real HTTP server on 127.0.0.1 records what arrives); in SQL they are bound parameters
-//! (a real PostgreSQL); in `k8s` names they cannot change the request path (the API double).
+//! (a real `PostgreSQL`); in `k8s` names they cannot change the request path (the API double).
 //! Contexts where no value can be data are compile errors, located at the template.
 
 mod support;
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -102,9 +103,7 @@ fn contexts_runbook() -> String {
         "runbook: injection-contexts\nparams:\n  v: {type: string}\n  dir: {type: string}\nsteps:\n",
     );
     for (id, run) in CONTEXTS {
-        rb.push_str(&format!(
-            "  - id: {id}\n    cwd: \"{{{{ params.dir }}}}\"\n"
-        ));
+        let _ = write!(rb, "  - id: {id}\n    cwd: \"{{{{ params.dir }}}}\"\n");
         if *id == "env" {
             rb.push_str("    env: {V: \"{{ params.v }}\"}\n");
         }
@@ -399,7 +398,7 @@ impl Serve {
         let addr = match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(Ok(a)) => a,
             Ok(Err(log)) => panic!("runbook serve did not start:\n{log}"),
-            Err(_) => panic!("runbook serve did not start within 20s"),
+            Err(e) => panic!("runbook serve did not start within 20s: {e}"),
         };
         Self {
             child,

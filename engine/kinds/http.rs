@@ -171,7 +171,7 @@ pub fn build_url(holes: &Holes) -> Result<String, String> {
     let parsed = reqwest::Url::parse(&url).map_err(|e| format!("invalid URL `{url}`: {e}"))?;
     if let Ok(shape) = reqwest::Url::parse(&skeleton) {
         let segments = |u: &reqwest::Url| u.path_segments().map(Iterator::count);
-        let keys = |u: &reqwest::Url| u.query_pairs().map(|(k, _)| k.into_owned()).count();
+        let keys = |u: &reqwest::Url| u.query_pairs().count();
         if shape.scheme() != parsed.scheme()
             || shape.host_str() != parsed.host_str()
             || segments(&shape) != segments(&parsed)

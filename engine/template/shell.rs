@@ -150,7 +150,8 @@ pub fn contexts(toks: &[Tok]) -> Vec<Result<Context, Unsafe>> {
         let tok = toks[i];
         let prev = if i == 0 { None } else { Some(toks[i - 1]) };
         let after_dollar = prev == Some(Tok::Char('$')) && !escaped;
-        let top = stack.last_mut().expect("the command frame is never popped");
+        // The command frame at the bottom is never popped.
+        let Some(top) = stack.last_mut() else { break };
         match top {
             Frame::Heredoc(h) => {
                 if line_start {
@@ -440,7 +441,6 @@ fn heredoc_word(
             Tok::Hole => out.push(Err(Unsafe::HeredocDelimiter)),
             Tok::Char(c) => match quote {
                 Some(q) if c == q => quote = None,
-                Some(_) => delimiter.push(c),
                 None if c == '\'' || c == '"' => {
                     quoted = true;
                     quote = Some(c);
@@ -453,7 +453,7 @@ fn heredoc_word(
                     }
                 }
                 None if is_meta(c) => break,
-                None => delimiter.push(c),
+                _ => delimiter.push(c),
             },
         }
         i += 1;
