@@ -475,9 +475,21 @@ fn hostile_alert_labels_are_data_through_serve() {
             }],
         })
         .to_string();
-        let (code, answer) = serve.post(&body);
-        assert_eq!(code, 200, "{answer}");
-        assert!(answer.contains("started"), "{answer}");
+        // The previous run's lock is released just after its `run_finished` event: a post in
+        // between is answered `duplicate`, so try again for a while.
+        let posted = Instant::now();
+        loop {
+            let (code, answer) = serve.post(&body);
+            assert_eq!(code, 200, "{answer}");
+            if answer.contains("\"started\"") {
+                break;
+            }
+            assert!(
+                answer.contains("\"duplicate\"") && posted.elapsed() < Duration::from_secs(10),
+                "{answer}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         // One at a time: serve locks a runbook per alert while its run is in progress.
         let started = Instant::now();
         while serve.finished() < i + 1 {
@@ -732,6 +744,24 @@ fn hostile_sql_values_are_bound_parameters() {
     assert!(
         all.contains("quoted SQL literal") && all.contains("| ident"),
         "{all}"
+    );
+    assert!(all.contains("quoted.yaml:6:"), "{all}");
+
+    // A whole query from one template would be bound, not run: refused, `| safe` says it is SQL.
+    let whole = tmp.write(
+        "whole.yaml",
+        "runbook: w\nparams:\n  v: {type: string}\nsteps:\n  - id: s\n    sql: {dsn: x, query: \"{{ params.v }}\"}\n",
+    );
+    let out = Runbook::new([
+        "validate".to_owned(),
+        whole.to_str().expect("utf-8").to_owned(),
+    ])
+    .run();
+    out.assert_code(2);
+    assert!(
+        format!("{}{}", out.stdout, out.stderr).contains("| safe"),
+        "{}",
+        out.dump()
     );
 }
 

@@ -142,14 +142,25 @@ fn sql_places(toks: &[Tok]) -> Vec<Option<&'static str>> {
     out
 }
 
+const WHOLE_QUERY: &str =
+    "is one template: its value would be sent as a bound parameter, not run as SQL";
+const WHOLE_QUERY_FIX: &str = "if the value is trusted SQL (an operator's param), write `{{ params.query | safe }}`; else write the statement and put the values in it (`SELECT … WHERE id = {{ params.id }}`)";
+
 const QUOTED_FIX: &str = "write the template outside the quotes: a bare `{{ x }}` is sent as a bound parameter (`WHERE name = {{ params.name }}`); a name goes through `{{ params.db | ident }}`, which quotes it as an identifier";
 
 /// Interpolations of an SQL query inside quotes or comments: the byte offset of each one's
 /// `{{`, what is wrong and the fix. `| ident` and `| safe` ones are raw text by request.
 pub fn query_problems(text: &str) -> Vec<(usize, String, String)> {
+    let parts = source_parts(text);
+    if let [SourcePart::Expr { offset, .. }] = parts.as_slice()
+        && !parts[0].filtered_by("safe")
+        && !parts[0].filtered_by("ident")
+    {
+        return vec![(*offset, WHOLE_QUERY.to_owned(), WHOLE_QUERY_FIX.to_owned())];
+    }
     let mut toks = Vec::new();
     let mut offsets = Vec::new();
-    for p in source_parts(text) {
+    for p in parts {
         match &p {
             SourcePart::Text(t) => toks.extend(t.chars().map(Tok::Char)),
             SourcePart::Expr { .. } if p.filtered_by("safe") || p.filtered_by("ident") => {
@@ -187,6 +198,11 @@ pub fn render_query(
     first: usize,
 ) -> Result<(String, Vec<String>), RenderError> {
     let holes = r.holes(text)?;
+    if let [Piece::Hole(_)] = holes.pieces() {
+        return Err(RenderError::invalid(format!(
+            "the query {WHOLE_QUERY}; {WHOLE_QUERY_FIX}"
+        )));
+    }
     let toks: Vec<Tok> = holes
         .pieces()
         .iter()
