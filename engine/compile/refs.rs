@@ -1,12 +1,15 @@
-//! Reference checks: every template parses, and every variable it reads exists where it is read.
+//! Reference checks: every template parses, every variable it reads exists where it is read, and
+//! every value lands where it stays data.
 //!
 //! A step may read the results of steps upstream of it (through `needs`, transitively) — never of
-//! a step that may not have run yet. Mistakes are reported at the template, with the fix.
+//! a step that may not have run yet. A value may not sit where its target cannot carry it as data
+//! (single quotes in a shell command, the host of a URL, a quoted SQL literal). Mistakes are
+//! reported at the template, with the fix.
 
 use crate::diagnostic::{Diagnostic, SourceFile, did_you_mean};
 use crate::kinds::{self, TemplateField};
 use crate::model::{Check, Span};
-use crate::template::{expression_references, template_references};
+use crate::template::{Escape, expression_references, shell_problems, template_references};
 
 use super::{Compiled, graph};
 
@@ -162,7 +165,79 @@ fn check_refs(c: &Compiled, scope: Scope, check: &Check, diags: &mut Vec<Diagnos
 fn fields(c: &Compiled, scope: Scope, fields: &[TemplateField<'_>], diags: &mut Vec<Diagnostic>) {
     for f in fields {
         template(c, scope, &f.field, f.text, f.span, diags);
+        if template_references(f.text).is_ok() {
+            placement(c, scope, f, diags);
+        }
     }
+}
+
+/// Values interpolated where their target would parse them: each at its `{{`, with the fix.
+fn placement(c: &Compiled, scope: Scope, f: &TemplateField<'_>, diags: &mut Vec<Diagnostic>) {
+    let problems: Vec<(usize, String, String)> = match f.escape {
+        Escape::Shell => shell_problems(f.text)
+            .into_iter()
+            .map(|(at, u)| {
+                (
+                    at,
+                    format!("puts a template value {}", u.what()),
+                    u.fix().to_owned(),
+                )
+            })
+            .collect(),
+        Escape::Url => kinds::http::url_problems(f.text),
+        Escape::Sql => kinds::sql::query_problems(f.text),
+        Escape::None => return,
+    };
+    for (offset, what, fix) in problems {
+        let at = offset_span(&c.file, f.text, f.span, offset);
+        let message = match scope.step {
+            Some(i) => format!("step `{}` ({}) {what}", c.steps[i].id, f.field),
+            None => format!("`{}` {what}", f.field),
+        };
+        diags.push(Diagnostic::new("unsafe-interpolation", message, at).with_help(fix));
+    }
+}
+
+/// Where byte `offset` of a template's text is in the file: exact for scalars written verbatim
+/// on one line and for literal block scalars (`|`), else the scalar's start.
+fn offset_span(file: &SourceFile, text: &str, span: Span, offset: usize) -> Span {
+    if let Some(base) = verbatim_start(file, text, span) {
+        return span_at(file, base + offset);
+    }
+    block_offset(file, text, span, offset).map_or(span, |o| span_at(file, o))
+}
+
+/// The file offset of byte `offset` of a literal block scalar's text (`run: |`), whose span
+/// is either its `|` indicator or its first content line.
+fn block_offset(file: &SourceFile, text: &str, span: Span, offset: usize) -> Option<usize> {
+    let start = span.offset?;
+    let src = file.text.get(start..)?;
+    let first_line = text.split('\n').next().unwrap_or_default();
+    let (mut pos, indent) = if src.starts_with('|') {
+        let pos = start + src.find('\n')? + 1;
+        // Indentation of the block: that of its first non-blank line.
+        let indent = file.text[pos..]
+            .split('\n')
+            .find(|l| !l.trim().is_empty())
+            .map(|l| l.len() - l.trim_start_matches(' ').len())?;
+        (pos, indent)
+    } else if !first_line.is_empty() && src.starts_with(first_line) {
+        let line_start = file.text[..start].rfind('\n').map_or(0, |i| i + 1);
+        (line_start, start - line_start)
+    } else {
+        return None;
+    };
+    let line_index = text.get(..offset)?.matches('\n').count();
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_text = text[line_start..].split('\n').next().unwrap_or_default();
+    for _ in 0..line_index {
+        pos += file.text[pos..].find('\n')? + 1;
+    }
+    let content = pos + indent;
+    file.text
+        .get(content..)?
+        .starts_with(line_text)
+        .then_some(content + (offset - line_start))
 }
 
 fn template(

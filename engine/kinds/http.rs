@@ -1,13 +1,208 @@
 //! `http`: an HTTP request as an action (webhooks, DNS APIs) or a check (health endpoints).
+//!
+//! Template values in a URL are data: in the path each is one percent-encoded segment part (a
+//! value `../admin` or `a/b` cannot add or remove a segment), in the query and fragment a
+//! percent-encoded component (it cannot add a parameter). The scheme and host are written
+//! literally, or come whole from a template that starts the URL (`{{ params.base }}/api/…`); a
+//! port template must render a port number. `| safe` inserts trusted text raw. Header values
+//! with CR, LF or NUL are refused.
 
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
 use super::{DescriptionLine, Kind, TemplateField};
 use crate::model::{DurationText, Spanned};
-use crate::template::{Escape, RenderError, Renderer};
+use crate::template::{Escape, Holes, Piece, RenderError, Renderer, SourcePart, source_parts};
+
+/// What a value in a URL keeps unencoded: RFC 3986's unreserved characters only.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The part of a URL the text has reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UrlPart {
+    /// Before `://`.
+    Scheme,
+    /// Host (and user info).
+    Host,
+    /// After the host's `:`.
+    Port,
+    /// After the authority, before `?`.
+    Path,
+    /// After `?`.
+    Query,
+    /// After `#`.
+    Fragment,
+}
+
+impl UrlPart {
+    /// The part after `text` is read from this one.
+    fn after(mut self, text: &str) -> Self {
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            if self == UrlPart::Scheme && text[i..].starts_with("://") {
+                self = UrlPart::Host;
+                i += 3;
+                continue;
+            }
+            self = match (self, bytes[i]) {
+                (UrlPart::Host, b':') => UrlPart::Port,
+                (UrlPart::Host | UrlPart::Port, b'/') => UrlPart::Path,
+                (UrlPart::Host | UrlPart::Port | UrlPart::Path, b'?') => UrlPart::Query,
+                (UrlPart::Host | UrlPart::Port | UrlPart::Path | UrlPart::Query, b'#') => {
+                    UrlPart::Fragment
+                }
+                (p, _) => p,
+            };
+            i += 1;
+        }
+        self
+    }
+}
+
+const HOST_FIX: &str = "write the scheme and host literally (`https://api.example.com/{{ params.id }}`), or start the URL with one template for its base (`{{ params.base_url }}/items/{{ params.id }}`); `{{ x | safe }}` inserts trusted text raw";
+
+/// Interpolations of a URL template that would decide its scheme or host: the byte offset of
+/// each one's `{{`, what is wrong and the fix.
+pub fn url_problems(text: &str) -> Vec<(usize, String, String)> {
+    let parts = source_parts(text);
+    let mut part = UrlPart::Scheme;
+    let mut out = Vec::new();
+    let mut first = true;
+    for p in &parts {
+        match p {
+            SourcePart::Text(t) => {
+                if !(first && t.trim().is_empty()) {
+                    first = false;
+                    part = part.after(t);
+                }
+            }
+            SourcePart::Expr { .. } if p.filtered_by("safe") => first = false,
+            SourcePart::Expr { offset, .. } => {
+                if first {
+                    // The URL's base: scheme and host come whole from it.
+                    part = UrlPart::Path;
+                } else if matches!(part, UrlPart::Scheme | UrlPart::Host) {
+                    out.push((
+                        *offset,
+                        "puts a template value in the scheme or host of a partly literal URL"
+                            .to_owned(),
+                        HOST_FIX.to_owned(),
+                    ));
+                }
+                first = false;
+            }
+        }
+    }
+    out
+}
+
+/// Build a URL from its rendered template: the base template raw, every other value
+/// percent-encoded for its part, and then checked to have changed nothing but its own part.
+///
+/// # Errors
+/// A value in the scheme or host, a port that is not a number, or a value that changes the
+/// URL's host, path segments or query parameters.
+pub fn build_url(holes: &Holes) -> Result<String, String> {
+    let mut part = UrlPart::Scheme;
+    let mut url = String::new();
+    let mut skeleton = String::new();
+    let mut first = true;
+    let mut placeholders = false;
+    for piece in holes.pieces() {
+        match piece {
+            Piece::Text(t) => {
+                url.push_str(t);
+                skeleton.push_str(t);
+                if !(first && t.trim().is_empty()) {
+                    first = false;
+                    part = part.after(t);
+                }
+            }
+            Piece::Hole(i) => {
+                let v = &holes.values[*i];
+                placeholders |= v.placeholder;
+                if first || v.placeholder {
+                    url.push_str(&v.text);
+                    skeleton.push_str(&v.text);
+                    if first {
+                        part = UrlPart::Path;
+                    }
+                    first = false;
+                    continue;
+                }
+                match part {
+                    UrlPart::Scheme | UrlPart::Host => {
+                        return Err(format!(
+                            "a template value decides the scheme or host of the URL; {HOST_FIX}"
+                        ));
+                    }
+                    UrlPart::Port => {
+                        if v.text.parse::<u16>().is_err() {
+                            return Err(format!(
+                                "value {} in the URL's port is not a port number: `{}`",
+                                i + 1,
+                                v.text
+                            ));
+                        }
+                        url.push_str(&v.text);
+                        skeleton.push('1');
+                    }
+                    UrlPart::Path | UrlPart::Query | UrlPart::Fragment => {
+                        url.extend(utf8_percent_encode(&v.text, COMPONENT));
+                        skeleton.push('x');
+                    }
+                }
+            }
+        }
+    }
+    if placeholders {
+        return Ok(url);
+    }
+    // Whatever the encoding, check the outcome: the values may change only their own parts.
+    let parsed = reqwest::Url::parse(&url).map_err(|e| format!("invalid URL `{url}`: {e}"))?;
+    if let Ok(shape) = reqwest::Url::parse(&skeleton) {
+        let segments = |u: &reqwest::Url| u.path_segments().map(Iterator::count);
+        let keys = |u: &reqwest::Url| u.query_pairs().count();
+        if shape.scheme() != parsed.scheme()
+            || shape.host_str() != parsed.host_str()
+            || segments(&shape) != segments(&parsed)
+            || keys(&shape) != keys(&parsed)
+        {
+            return Err(format!(
+                "a template value changes the structure of the URL `{url}` (its host, path segments or query parameters); values may only fill their own segment or parameter"
+            ));
+        }
+    }
+    Ok(url)
+}
+
+/// Render a URL template and build it with [`build_url`].
+///
+/// # Errors
+/// When the template does not render, or a value would change the URL's structure.
+pub fn render_url(r: &Renderer<'_>, text: &str) -> Result<String, RenderError> {
+    let holes = r.holes(text)?;
+    build_url(&holes).map_err(RenderError::invalid)
+}
+
+/// Refuse a header value that could end the header (CR, LF) or is not valid in one (NUL).
+fn header_value(name: &str, value: String) -> Result<String, String> {
+    if value.contains(['\r', '\n', '\0']) {
+        return Err(format!(
+            "the value of header `{name}` contains a line break or NUL, which would end the header; refusing to send it"
+        ));
+    }
+    Ok(value)
+}
 
 /// An HTTP request.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -124,7 +319,7 @@ impl Kind for HttpSpec {
     }
 
     fn templates(&self) -> Vec<TemplateField<'_>> {
-        let mut out = vec![TemplateField::new("http.url", &self.url, Escape::None)];
+        let mut out = vec![TemplateField::new("http.url", &self.url, Escape::Url)];
         for (k, v) in &self.headers {
             out.push(TemplateField::new(
                 format!("http.headers.{k}"),
@@ -162,7 +357,7 @@ impl Kind for HttpSpec {
             format!(
                 "{} {}",
                 self.method().as_str(),
-                r.render(&self.url.value, Escape::None)?
+                render_url(r, &self.url.value)?
             ),
         )];
         for (k, v) in &self.headers {
@@ -209,7 +404,8 @@ impl super::Perform for HttpSpec {
             use crate::exec::{ActionError, ActionResult};
             let r = ctx.renderer();
             let fail = |e: RenderError| ActionError::Failed(e.to_string());
-            let url = r.render(&self.url.value, Escape::None).map_err(fail)?;
+            let url = render_url(&r, &self.url.value)
+                .map_err(|e| ActionError::Failed(ctx.mask(&e.to_string())))?;
             let method = reqwest::Method::from_bytes(self.method().as_str().as_bytes())
                 .map_err(|e| ActionError::Failed(e.to_string()))?;
             let timeout = match &self.timeout {
@@ -219,7 +415,9 @@ impl super::Perform for HttpSpec {
             ctx.note_command(&format!("{} {url}", self.method().as_str()));
             let mut req = ctx.http().request(method, &url).timeout(timeout);
             for (k, v) in &self.headers {
-                req = req.header(k.as_str(), r.render(&v.value, Escape::None).map_err(fail)?);
+                let value = r.render(&v.value, Escape::None).map_err(fail)?;
+                let value = header_value(k, value).map_err(ActionError::Failed)?;
+                req = req.header(k.as_str(), value);
             }
             if let Some(json) = &self.json {
                 req = req.json(&render_json(&r, &json.value).map_err(fail)?);

@@ -397,6 +397,68 @@ impl Kind for K8sSpec {
     }
 }
 
+/// Whether `s` is a DNS-1123 label: at most 63 of `a-z`, `0-9`, `-`, alphanumeric at both ends.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Whether `s` is a DNS-1123 subdomain: at most 253 characters, labels joined by `.`.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// Check a rendered object name before it reaches a request path: names and namespaces are
+/// DNS-1123 (what the API server accepts), so a value with `/`, `..` or `?` can never change
+/// which URL is requested.
+///
+/// # Errors
+/// The name is not a DNS-1123 subdomain (or label, for namespaces).
+pub(crate) fn check_name(field: &str, value: &str, namespace: bool) -> Result<(), String> {
+    let ok = if namespace {
+        is_dns_label(value)
+    } else {
+        is_dns_subdomain(value)
+    };
+    if ok {
+        return Ok(());
+    }
+    let (what, shape) = if namespace {
+        ("DNS-1123 label", "at most 63 characters")
+    } else {
+        (
+            "DNS-1123 subdomain",
+            "at most 253 characters, dot-separated labels",
+        )
+    };
+    Err(format!(
+        "{field} `{value}` is not a valid Kubernetes name: it must be a {what} ({shape} of lowercase letters, digits and `-`, starting and ending with a letter or digit)"
+    ))
+}
+
+/// Check a rendered `apiVersion` (`v1`, `apps/v1`) and `kind` before they select an API path.
+///
+/// # Errors
+/// Characters no API group, version or kind has.
+pub(crate) fn check_type(api_version: &str, kind: &str) -> Result<(), String> {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    if !(group.is_empty() || is_dns_subdomain(group)) || !is_dns_label(version) {
+        return Err(format!(
+            "apiVersion `{api_version}` is not an API group and version (`v1`, `apps/v1`)"
+        ));
+    }
+    if kind.is_empty() || !kind.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(format!(
+            "kind `{kind}` is not a Kubernetes kind (letters and digits)"
+        ));
+    }
+    Ok(())
+}
+
 impl super::Perform for K8sSpec {
     fn perform<'a>(&'a self, ctx: &'a crate::exec::ActionCtx) -> super::PerformFuture<'a> {
         Box::pin(async move {
@@ -411,11 +473,15 @@ impl super::Perform for K8sSpec {
                 None => None,
             };
             let namespace = match &self.namespace {
-                Some(n) => Some(
-                    ctx.renderer()
+                Some(n) => {
+                    let ns = ctx
+                        .renderer()
                         .render(&n.value, Escape::None)
-                        .map_err(|e| ActionError::Failed(e.to_string()))?,
-                ),
+                        .map_err(|e| ActionError::Failed(e.to_string()))?;
+                    check_name("k8s.namespace", &ns, true)
+                        .map_err(|e| ActionError::Failed(ctx.mask(&e)))?;
+                    Some(ns)
+                }
                 None => None,
             };
             let timeout = ctx.timeout();
@@ -544,12 +610,20 @@ mod live {
                 super::super::http::render_json(renderer, &x.value)
                     .map_err(|e| failed(e.to_string()))
             };
+            // A name reaches the request path: it must be a DNS-1123 name, whatever rendered it.
+            let name = |field: &str, x: &crate::model::Spanned<String>| {
+                let v = s(x)?;
+                super::check_name(field, &v, false).map_err(failed)?;
+                Ok::<_, ActionError>(v)
+            };
             let obj = |o: &super::ObjectRef| -> Result<Obj, ActionError> {
-                Ok(Obj {
+                let obj = Obj {
                     api_version: s(&o.api_version)?,
                     kind: s(&o.kind)?,
-                    name: s(&o.name)?,
-                })
+                    name: name("name", &o.name)?,
+                };
+                super::check_type(&obj.api_version, &obj.kind).map_err(failed)?;
+                Ok(obj)
             };
             if let Some(u) = &spec.rollout_undo {
                 let to_revision = match &u.to_revision {
@@ -570,7 +644,7 @@ mod live {
                     None => None,
                 };
                 return Ok(Op::RolloutUndo {
-                    deployment: s(&u.deployment)?,
+                    deployment: name("rollout_undo.deployment", &u.deployment)?,
                     to_revision,
                 });
             }
@@ -588,37 +662,56 @@ mod live {
                         })?;
                 return Ok(Op::Scale {
                     kind: sc.kind,
-                    name: s(&sc.name)?,
+                    name: name("scale.name", &sc.name)?,
                     replicas,
                 });
             }
             if let Some(si) = &spec.set_image {
                 return Ok(Op::SetImage {
-                    deployment: s(&si.deployment)?,
+                    deployment: name("set_image.deployment", &si.deployment)?,
                     container: s(&si.container)?,
                     image: s(&si.image)?,
                 });
             }
             if let Some(rs) = &spec.restart {
                 return Ok(Op::Restart {
-                    deployment: s(&rs.deployment)?,
+                    deployment: name("restart.deployment", &rs.deployment)?,
                 });
             }
             if let Some(p) = &spec.patch {
+                let obj = Obj {
+                    api_version: s(&p.api_version)?,
+                    kind: s(&p.kind)?,
+                    name: name("patch.name", &p.name)?,
+                };
+                super::check_type(&obj.api_version, &obj.kind).map_err(failed)?;
                 return Ok(Op::Patch {
-                    obj: Obj {
-                        api_version: s(&p.api_version)?,
-                        kind: s(&p.kind)?,
-                        name: s(&p.name)?,
-                    },
+                    obj,
                     patch_type: p.patch_type.unwrap_or(PatchType::Merge),
                     body: json_of(&p.patch)?,
                 });
             }
             if let Some(a) = &spec.apply {
-                return Ok(Op::Apply {
-                    manifest: json_of(&a.manifest)?,
-                });
+                let manifest = json_of(&a.manifest)?;
+                for (pointer, field, ns) in [
+                    ("/metadata/name", "apply manifest metadata.name", false),
+                    (
+                        "/metadata/namespace",
+                        "apply manifest metadata.namespace",
+                        true,
+                    ),
+                ] {
+                    if let Some(v) = manifest.pointer(pointer).and_then(Value::as_str) {
+                        super::check_name(field, v, ns).map_err(failed)?;
+                    }
+                }
+                if let (Some(av), Some(k)) = (
+                    manifest.pointer("/apiVersion").and_then(Value::as_str),
+                    manifest.pointer("/kind").and_then(Value::as_str),
+                ) {
+                    super::check_type(av, k).map_err(failed)?;
+                }
+                return Ok(Op::Apply { manifest });
             }
             if let Some(o) = &spec.delete {
                 return Ok(Op::Delete(obj(o)?));
@@ -627,15 +720,17 @@ mod live {
                 return Ok(Op::Get(obj(o)?));
             }
             if let Some(l) = &spec.list {
+                let (api_version, kind) = (s(&l.api_version)?, s(&l.kind)?);
+                super::check_type(&api_version, &kind).map_err(failed)?;
                 return Ok(Op::List {
-                    api_version: s(&l.api_version)?,
-                    kind: s(&l.kind)?,
+                    api_version,
+                    kind,
                     selector: l.label_selector.as_ref().map(s).transpose()?,
                 });
             }
             if let Some(rs) = &spec.rollout_status {
                 return Ok(Op::RolloutStatus {
-                    deployment: s(&rs.deployment)?,
+                    deployment: name("rollout_status.deployment", &rs.deployment)?,
                 });
             }
             Err(failed("`k8s` names no operation"))

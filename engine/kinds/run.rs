@@ -1,4 +1,10 @@
 //! `run`: a shell command, the universal action and check.
+//!
+//! Template values in the command never become shell code: each travels as an environment
+//! variable (`RB_V1`, `RB_V2`…) that the script references (`"${RB_V1}"`), so the shell expands
+//! it as data in any quoting context; places where no reference works (single quotes, quoted
+//! here-documents, backticks…) are refused by the compiler. `env:`, `cwd` and `stdin` values are
+//! never parsed by a shell.
 
 use std::collections::BTreeMap;
 
@@ -233,11 +239,18 @@ impl super::Perform for RunAction<'_> {
                 r.render(t, e)
                     .map_err(|err| ActionError::Failed(err.to_string()))
             };
-            let command = render(&self.command.value, Escape::Shell)?;
+            // Values reach the shell as environment variables the script references: the shell
+            // never parses them, whatever quotes they sit in. What is shown is the equivalent
+            // command with the (masked) values written in.
+            let command = r
+                .shell(&self.command.value, &|v| ctx.mask(v))
+                .map_err(|err| ActionError::Failed(ctx.mask(&err.to_string())))?;
             let mut env = Vec::new();
             for (k, v) in self.env {
                 env.push((k.clone(), render(&v.value, Escape::None)?));
             }
+            // After the author's `env:`, so a reference always reads the value it was made for.
+            env.extend(command.env);
             let cwd = self
                 .cwd
                 .map(|c| render(&c.value, Escape::None))
@@ -246,8 +259,8 @@ impl super::Perform for RunAction<'_> {
                 .stdin
                 .map(|s| render(&s.value, Escape::None))
                 .transpose()?;
-            ctx.note_command(&command);
-            let f = process::run(ctx, &command, env, cwd, stdin, ctx.timeout()).await?;
+            ctx.note_command(&command.display);
+            let f = process::run(ctx, &command.script, env, cwd, stdin, ctx.timeout()).await?;
             let json = serde_json::from_str::<serde_json::Value>(f.stdout.trim()).ok();
             let mut value = serde_json::json!({
                 "stdout": ctx.mask(&f.stdout),

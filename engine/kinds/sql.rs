@@ -15,6 +15,12 @@
 //! `transaction: true` wraps the whole in `BEGIN`/`COMMIT`, rolled back on any error. The
 //! timeout covers connecting and running; when it passes, or the run is cancelled, the server
 //! is asked to cancel the statement. Plain TCP only for now (`sslmode=require` is refused).
+//!
+//! Template values in `query` are data: each `{{ … }}` outside quotes becomes a bound parameter
+//! (`$n`, numbered after the written `params`), so it can never be SQL. A template inside a
+//! quoted literal (`'…'`), a quoted identifier (`"…"`), a dollar-quoted string or a comment is a
+//! compile error; a value that names something goes through `| ident` (a quoted identifier,
+//! inner `"` doubled), and `| safe` inserts trusted text raw.
 
 use std::time::Duration;
 
@@ -23,7 +29,213 @@ use serde::Deserialize;
 
 use super::{DescriptionLine, Kind, TemplateField};
 use crate::model::{DurationText, Spanned};
-use crate::template::{Escape, RenderError, Renderer};
+use crate::template::shell::Tok;
+use crate::template::{Escape, Piece, RenderError, Renderer, SourcePart, source_parts};
+
+/// Where SQL text is, for deciding where a value may be bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SqlState {
+    Code,
+    /// `'…'`; `true` for `E'…'` (backslash escapes).
+    Literal(bool),
+    Ident,
+    Dollar(String),
+    LineComment,
+    BlockComment(u32),
+}
+
+/// For each hole of `toks`: `None` if it may become a bound parameter, or the quoted place it
+/// sits in.
+fn sql_places(toks: &[Tok]) -> Vec<Option<&'static str>> {
+    let c = |i: usize| match toks.get(i) {
+        Some(Tok::Char(c)) => Some(*c),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    let mut state = SqlState::Code;
+    let mut i = 0;
+    while i < toks.len() {
+        let here = c(i);
+        match (&mut state, here) {
+            (SqlState::Code, None) => out.push(None),
+            (SqlState::Literal(_), None) => out.push(Some("inside a quoted SQL literal `'…'`")),
+            (SqlState::Ident, None) => out.push(Some("inside a quoted SQL identifier `\"…\"`")),
+            (SqlState::Dollar(_), None) => out.push(Some("inside a dollar-quoted SQL string")),
+            (SqlState::LineComment | SqlState::BlockComment(_), None) => {
+                out.push(Some("inside an SQL comment"));
+            }
+            (SqlState::Code, Some('\'')) => {
+                let e = i > 0
+                    && matches!(c(i - 1), Some('e' | 'E'))
+                    && !matches!(c(i.wrapping_sub(2)), Some(p) if p.is_alphanumeric() || p == '_');
+                state = SqlState::Literal(e);
+            }
+            (SqlState::Code, Some('"')) => state = SqlState::Ident,
+            (SqlState::Code, Some('-')) if c(i + 1) == Some('-') => {
+                state = SqlState::LineComment;
+                i += 1;
+            }
+            (SqlState::Code, Some('/')) if c(i + 1) == Some('*') => {
+                state = SqlState::BlockComment(1);
+                i += 1;
+            }
+            (SqlState::Code, Some('$')) => {
+                // `$tag$` or `$$` opens a dollar-quoted string; `$1` is a parameter.
+                let mut j = i + 1;
+                let mut tag = String::new();
+                while let Some(ch) = c(j) {
+                    if ch == '$' {
+                        break;
+                    }
+                    if !(ch.is_alphanumeric() || ch == '_') || (j == i + 1 && ch.is_ascii_digit()) {
+                        tag.clear();
+                        j = usize::MAX;
+                        break;
+                    }
+                    tag.push(ch);
+                    j += 1;
+                }
+                if j != usize::MAX && c(j) == Some('$') {
+                    state = SqlState::Dollar(format!("${tag}$"));
+                    i = j;
+                }
+            }
+            (SqlState::Literal(e), Some('\\')) if *e => i += 1,
+            (SqlState::Literal(_), Some('\'')) => {
+                if c(i + 1) == Some('\'') {
+                    i += 1;
+                } else {
+                    state = SqlState::Code;
+                }
+            }
+            (SqlState::Ident, Some('"')) => {
+                if c(i + 1) == Some('"') {
+                    i += 1;
+                } else {
+                    state = SqlState::Code;
+                }
+            }
+            (SqlState::Dollar(tag), Some('$')) => {
+                let tag_len = tag.chars().count();
+                let matches = tag.chars().enumerate().all(|(k, t)| c(i + k) == Some(t));
+                if matches {
+                    i += tag_len - 1;
+                    state = SqlState::Code;
+                }
+            }
+            (SqlState::LineComment, Some('\n')) => state = SqlState::Code,
+            (SqlState::BlockComment(depth), Some('*')) if c(i + 1) == Some('/') => {
+                *depth -= 1;
+                i += 1;
+                if *depth == 0 {
+                    state = SqlState::Code;
+                }
+            }
+            (SqlState::BlockComment(depth), Some('/')) if c(i + 1) == Some('*') => {
+                *depth += 1;
+                i += 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out
+}
+
+const WHOLE_QUERY: &str =
+    "is one template: its value would be sent as a bound parameter, not run as SQL";
+const WHOLE_QUERY_FIX: &str = "if the value is trusted SQL (an operator's param), write `{{ params.query | safe }}`; else write the statement and put the values in it (`SELECT … WHERE id = {{ params.id }}`)";
+
+const QUOTED_FIX: &str = "write the template outside the quotes: a bare `{{ x }}` is sent as a bound parameter (`WHERE name = {{ params.name }}`); a name goes through `{{ params.db | ident }}`, which quotes it as an identifier";
+
+/// Interpolations of an SQL query inside quotes or comments: the byte offset of each one's
+/// `{{`, what is wrong and the fix. `| ident` and `| safe` ones are raw text by request.
+pub fn query_problems(text: &str) -> Vec<(usize, String, String)> {
+    let parts = source_parts(text);
+    if let [SourcePart::Expr { offset, .. }] = parts.as_slice()
+        && !parts[0].filtered_by("safe")
+        && !parts[0].filtered_by("ident")
+    {
+        return vec![(*offset, WHOLE_QUERY.to_owned(), WHOLE_QUERY_FIX.to_owned())];
+    }
+    let mut toks = Vec::new();
+    let mut offsets = Vec::new();
+    for p in parts {
+        match &p {
+            SourcePart::Text(t) => toks.extend(t.chars().map(Tok::Char)),
+            SourcePart::Expr { .. } if p.filtered_by("safe") || p.filtered_by("ident") => {
+                toks.push(Tok::Char('x'));
+            }
+            SourcePart::Expr { offset, .. } => {
+                toks.push(Tok::Hole);
+                offsets.push(*offset);
+            }
+        }
+    }
+    sql_places(&toks)
+        .into_iter()
+        .zip(offsets)
+        .filter_map(|(place, at)| {
+            place.map(|p| {
+                (
+                    at,
+                    format!("puts a template value {p}"),
+                    QUOTED_FIX.to_owned(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Render a query: every value outside quotes becomes `$n` (numbered after `first` written
+/// parameters) and is returned with the others in order.
+///
+/// # Errors
+/// When the template does not render, or a value sits inside quotes or a comment.
+pub fn render_query(
+    r: &Renderer<'_>,
+    text: &str,
+    first: usize,
+) -> Result<(String, Vec<String>), RenderError> {
+    let holes = r.holes(text)?;
+    if let [Piece::Hole(_)] = holes.pieces() {
+        return Err(RenderError::invalid(format!(
+            "the query {WHOLE_QUERY}; {WHOLE_QUERY_FIX}"
+        )));
+    }
+    let toks: Vec<Tok> = holes
+        .pieces()
+        .iter()
+        .flat_map(|p| match p {
+            Piece::Text(t) => t.chars().map(Tok::Char).collect::<Vec<_>>(),
+            Piece::Hole(_) => vec![Tok::Hole],
+        })
+        .collect();
+    if let Some((i, place)) = sql_places(&toks)
+        .into_iter()
+        .enumerate()
+        .find_map(|(i, p)| p.map(|p| (i, p)))
+    {
+        return Err(RenderError::invalid(format!(
+            "value {} of the query is {place}; {QUOTED_FIX}",
+            i + 1
+        )));
+    }
+    let query = holes.join(|i, v| {
+        if v.placeholder {
+            v.text.clone()
+        } else {
+            format!("${}", first + i + 1)
+        }
+    });
+    let values = holes
+        .values
+        .iter()
+        .filter(|v| !v.placeholder)
+        .map(|v| v.text.clone())
+        .collect();
+    Ok((query, values))
+}
 
 /// SQL to run.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -58,7 +270,7 @@ impl Kind for SqlSpec {
     fn templates(&self) -> Vec<TemplateField<'_>> {
         let mut out = vec![
             TemplateField::new("sql.dsn", &self.dsn, Escape::None),
-            TemplateField::new("sql.query", &self.query, Escape::None),
+            TemplateField::new("sql.query", &self.query, Escape::Sql),
         ];
         for (i, p) in self.params.iter().enumerate() {
             out.push(TemplateField::new(
@@ -84,18 +296,17 @@ impl Kind for SqlSpec {
     }
 
     fn describe(&self, r: &Renderer<'_>) -> Result<Vec<DescriptionLine>, RenderError> {
-        let mut out = vec![
-            (
-                "sql".to_owned(),
-                crate::mask::mask_dsn(&r.render(&self.dsn.value, Escape::None)?),
-            ),
-            (
-                "query".to_owned(),
-                r.render(&self.query.value, Escape::None)?,
-            ),
-        ];
+        let mut out = vec![(
+            "sql".to_owned(),
+            crate::mask::mask_dsn(&r.render(&self.dsn.value, Escape::None)?),
+        )];
+        let (query, bound) = render_query(r, &self.query.value, self.params.len())?;
+        out.push(("query".to_owned(), query));
         for (i, p) in self.params.iter().enumerate() {
             out.push((format!("${}", i + 1), r.render(&p.value, Escape::None)?));
+        }
+        for (i, v) in bound.into_iter().enumerate() {
+            out.push((format!("${}", self.params.len() + i + 1), v));
         }
         if self.transaction {
             out.push(("transaction".to_owned(), "yes".to_owned()));
@@ -216,12 +427,14 @@ mod client {
                 .map_err(|e| ActionError::Failed(e.to_string()))
         };
         let dsn = render(&spec.dsn.value)?;
-        let query = render(&spec.query.value)?;
-        let params = spec
+        let (query, bound) = super::render_query(&r, &spec.query.value, spec.params.len())
+            .map_err(|e| ActionError::Failed(ctx.mask(&e.to_string())))?;
+        let mut params = spec
             .params
             .iter()
             .map(|p| render(&p.value))
             .collect::<Result<Vec<_>, _>>()?;
+        params.extend(bound);
         let shown_dsn = ctx.mask(&mask_dsn(&dsn));
         // The statement's own limit, never beyond the attempt's (the step's or check's timeout).
         let timeout = match &spec.timeout {
