@@ -432,6 +432,9 @@ fn parse_since(s: &str) -> Result<i64, String> {
     let parts: Vec<&str> = s.split('-').collect();
     if let [y, m, d] = parts.as_slice()
         && let (Ok(y), Ok(m), Ok(d)) = (y.parse::<i64>(), m.parse::<u32>(), d.parse::<u32>())
+        && (0..=9999).contains(&y)
+        && (1..=12).contains(&m)
+        && (1..=31).contains(&d)
     {
         return Ok(crate::clock::days_from_civil(y, m, d) * 86_400_000);
     }

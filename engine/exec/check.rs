@@ -206,6 +206,12 @@ pub fn check(c: &Compiled, params: &ParamValues) -> Result<Vec<Finding>, String>
             }
         }
     });
+    // Findings name URLs and commands rendered with secrets in them: they leave masked, like
+    // every event of a run.
+    for f in &mut findings {
+        f.what = shared.mask(&f.what);
+        f.detail = shared.mask(&f.detail);
+    }
     Ok(findings)
 }
 
