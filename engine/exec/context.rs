@@ -199,8 +199,9 @@ impl Shared {
         }
     }
 
-    /// Reserve `n` more steps for a `call`: a run starts at most [`STEP_BUDGET`] steps in all,
-    /// so calls fanning out into calls cannot multiply without bound.
+    /// Reserve `n` more steps for a `call` (each call also costs one for itself): a run starts
+    /// at most [`STEP_BUDGET`] steps in all, so calls fanning out into calls cannot multiply
+    /// without bound.
     ///
     /// # Errors
     /// When the budget is spent; nothing is reserved then.

@@ -58,6 +58,10 @@ impl super::Perform for CallSpec {
             // Before anything of the called runbook runs: its `secret: true` params are masked
             // from now on, and its steps count against the run's step budget.
             let path = crate::exec::resolve_relative(&ctx.runbook().path, &self.runbook.value);
+            // A spent budget fails at once, before the called runbook is even read.
+            ctx.shared().reserve_steps(1).map_err(|e| {
+                ActionError::Failed(format!("failed to call {}: {e}", path.display()))
+            })?;
             if let Ok(child) = crate::compile::compile_path(&path) {
                 for (name, p) in &child.runbook.params {
                     if p.value.secret
