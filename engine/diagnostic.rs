@@ -228,7 +228,8 @@ pub fn render(file: &SourceFile, diags: &[Diagnostic], color: bool) -> String {
             labels.push(LabeledSpan::new_primary_with_span(d.label.clone(), span));
         }
         if let Some(s) = d.span.filter(|s| !drawable(s)) {
-            out.push_str(&format!("{}:{}:{}:\n", file.name, s.line, s.column));
+            use std::fmt::Write as _;
+            let _ = writeln!(out, "{}:{}:{}:", file.name, s.line, s.column);
         }
         for (s, note) in d.related.iter().filter(|(s, _)| drawable(s)) {
             if let Some(span) = file.source_span(*s) {

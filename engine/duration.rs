@@ -30,7 +30,7 @@ pub enum DurationError {
 }
 
 /// The longest duration a runbook, drill or trigger may write: ten years.
-pub const MAX: Duration = Duration::from_secs(3650 * 86_400);
+pub const MAX: Duration = Duration::from_hours(3650 * 24);
 
 /// How to write a duration, for error help texts.
 pub const DURATION_HELP: &str =

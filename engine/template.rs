@@ -61,9 +61,9 @@ pub fn environment() -> &'static Environment<'static> {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         // Every render and evaluation runs on a budget: one fuel per instruction, and one per
         // 64 bytes of data made or written, so a loop or `"x" * 10**9` fails with an error
-        // instead of hanging or exhausting memory. About 1s and 64 MiB of output at most.
-        const TEMPLATE_FUEL: u64 = 1_000_000;
-        env.set_fuel(Some(TEMPLATE_FUEL));
+        // instead of hanging or exhausting memory: 1,000,000 fuel is about 1s and 64 MiB of
+        // output at most.
+        env.set_fuel(Some(1_000_000));
         env.set_auto_escape_callback(|name| {
             if name == SHELL_TEMPLATE {
                 AutoEscape::Custom("shell".into())

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use support::{RunOutput, Runbook, TempDir};
@@ -68,12 +69,14 @@ fn a_huge_timeout_with_retries_is_a_located_error_in_plan() {
 #[test]
 fn worst_cases_that_overflow_when_summed_are_refused() {
     let dir = TempDir::new("hostile-worst");
-    let mut yaml = "runbook: sum\nsteps:\n".to_owned();
-    for i in 0..20 {
-        yaml.push_str(&format!(
+    let steps = (0..20).fold(String::new(), |mut s, i| {
+        let _ = write!(
+            s,
             "  - id: s{i}\n    run: 'true'\n    timeout: 3650d\n    retry: {{attempts: 4294967295, delay: 3650d, max_delay: 3650d}}\n"
-        ));
-    }
+        );
+        s
+    });
+    let yaml = format!("runbook: sum\nsteps:\n{steps}");
     let out = plan(&dir, "sum.yaml", &yaml);
     assert_clear_error(
         &out,
@@ -147,10 +150,11 @@ fn template_loops_and_string_multiplication_run_out_of_fuel() {
 #[test]
 fn call_fan_out_stops_at_the_run_step_budget() {
     let dir = TempDir::new("hostile-fanout");
-    let mut yaml = "runbook: fan\nsteps:\n".to_owned();
-    for i in 0..100 {
-        yaml.push_str(&format!("  - id: c{i}\n    call: {{runbook: fan.yaml}}\n"));
-    }
+    let steps = (0..100).fold(String::new(), |mut s, i| {
+        let _ = write!(s, "  - id: c{i}\n    call: {{runbook: fan.yaml}}\n");
+        s
+    });
+    let yaml = format!("runbook: fan\nsteps:\n{steps}");
     let rb = dir.write("fan.yaml", &yaml);
     // Without a journal: this is about the budget, not about fsync speed.
     let out = Runbook::exec(&rb).json().arg("--no-journal").run();
@@ -306,8 +310,13 @@ fn terminal_control_characters_are_made_visible() {
         "tty.yaml",
         "runbook: \"t\\e]0;NAME\\a\"\nparams:\n  p: {type: string, default: \"\\e]0;PARAM\\a\"}\nsteps:\n  - id: s\n    run: printf '\\033]0;OUTPUT\\007\\233\\n'; echo {{ params.p }}\n",
     );
+    let state = TempDir::new("hostile-tty-state");
     for mode in ["plain", "tty"] {
-        let out = Runbook::exec(&rb).arg("--output").arg(mode).run();
+        let out = Runbook::exec(&rb)
+            .env("RUNBOOK_STATE_DIR", &state.str())
+            .arg("--output")
+            .arg(mode)
+            .run();
         assert!(!out.stderr.contains("panicked"), "{}", out.dump());
         for (name, bytes) in [("stdout", &out.stdout_raw), ("stderr", &out.stderr_raw)] {
             assert!(
@@ -329,6 +338,35 @@ fn terminal_control_characters_are_made_visible() {
             );
             assert!(out.stdout.contains(r"t\u{1b}]0;NAME"), "{}", out.dump());
         }
+    }
+    // What was journaled is shown escaped too.
+    let runs = Runbook::new(["runs".to_owned()])
+        .env("RUNBOOK_STATE_DIR", &state.str())
+        .run();
+    runs.assert_code(0);
+    assert!(!runs.stdout_raw.contains(&0x1b), "{}", runs.dump());
+    let id = runs
+        .stdout
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a run is listed")
+        .to_owned();
+    for cmd in ["logs", "show"] {
+        let out = Runbook::new([cmd.to_owned(), id.clone()])
+            .env("RUNBOOK_STATE_DIR", &state.str())
+            .run();
+        out.assert_code(0);
+        assert!(
+            !out.stdout_raw.contains(&0x1b) && !out.stdout_raw.contains(&0x07),
+            "{cmd}: a raw control character\n{}",
+            out.dump()
+        );
+        assert!(
+            out.stdout.contains(r"\u{1b}]0;OUTPUT"),
+            "{cmd}\n{}",
+            out.dump()
+        );
     }
     let out = Runbook::new(["plan".to_owned(), rb.display().to_string()]).run();
     out.assert_code(0);

@@ -121,8 +121,7 @@ fn echo_server() -> String {
             let mut req = Vec::new();
             let mut buf = [0u8; 4096];
             // Read the head, then as much body as Content-Length says.
-            loop {
-                let Ok(n) = conn.read(&mut buf) else { break };
+            while let Ok(n) = conn.read(&mut buf) {
                 if n == 0 {
                     break;
                 }
@@ -307,8 +306,7 @@ fn no_secret_leaves_through_any_channel_in_any_shape() {
     let mut all = Vec::new();
     files(state.path(), &mut all);
     assert!(
-        all.iter()
-            .any(|(p, _)| p.ends_with(".db") || p.contains("sqlite")),
+        all.iter().any(|(_, b)| b.starts_with(b"SQLite format 3")),
         "no database in the state dir: {:?}",
         all.iter().map(|(p, _)| p).collect::<Vec<_>>()
     );

@@ -395,7 +395,7 @@ impl Event {
             } => Event::Resumed {
                 run_id: s(run_id),
                 done: list(done),
-                decisions: decisions.iter().map(|d| value(d)).collect(),
+                decisions: decisions.iter().map(value).collect(),
                 changed: *changed,
             },
             Event::RunFinished {
