@@ -28,3 +28,17 @@ demo:
 # Benchmarks: plan of a 10,000-step runbook; a 1,000-step chain against a shell script.
 bench:
     cargo bench --bench plan_10k --bench exec_chain --bench durability
+
+# Fuzz the runbook, drill, cron and triggers parsers and the plan file reader for about
+# MINUTES minutes (proptest over arbitrary bytes and mutated real files; no panic, no hang).
+fuzz MINUTES="10":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo test --release --test fuzz --no-run
+    end=$(( $(date +%s) + {{MINUTES}} * 60 ))
+    rounds=0
+    while [ "$(date +%s)" -lt "$end" ]; do
+        PROPTEST_CASES=${PROPTEST_CASES:-5000} cargo test --release --quiet --test fuzz
+        rounds=$((rounds + 1))
+    done
+    echo "fuzz: ${rounds} rounds of ${PROPTEST_CASES:-5000} cases per target, no panic"

@@ -607,7 +607,7 @@ fn load_plan(
         );
         exit::INVALID
     })?;
-    let saved: plan::Plan = serde_json::from_str(&text).map_err(|e| {
+    let saved = plan::read(&text).map_err(|e| {
         eprintln!("error: failed to read the plan {}: {e}\n  help: make one with `runbook plan FILE --out PLAN`", plan_file.display());
         exit::INVALID
     })?;

@@ -733,11 +733,14 @@ fn due(
     let now = match at {
         None => crate::clock::now_ms(),
         Some(t) => {
+            // Years 0 to 9999 only: schedules are searched day by day from that instant.
             let Some(ms) =
                 crate::drill::measure::instant_ms(&serde_json::Value::String(t.to_owned()))
+                    .filter(|ms| (-62_167_219_200_000..=253_402_300_799_999).contains(ms))
             else {
                 eprintln!(
-                    "error: --at `{t}` is not a time\n  help: write RFC 3339, e.g. `2027-01-02T00:00:00Z`"
+                    "error: --at `{}` is not a time between the years 0 and 9999\n  help: write RFC 3339, e.g. `2027-01-02T00:00:00Z`",
+                    crate::terminal::escape(t)
                 );
                 return exit::INVALID;
             };

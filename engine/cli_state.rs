@@ -194,7 +194,7 @@ pub fn runs(dir: Option<PathBuf>, limit: usize) -> u8 {
         outln!(
             "{:<22} {:<24} {:<12} {:<24} {:>9}  {}@{}",
             r.id,
-            r.runbook,
+            crate::terminal::escape(&r.runbook),
             r.status.as_str(),
             crate::clock::rfc3339(r.started_at_ms),
             duration,
@@ -222,7 +222,12 @@ pub fn show(dir: Option<PathBuf>, run_id: &str) -> u8 {
             return exit::STATE;
         }
     };
-    outln!("run {}  {}  ({})", r.id, r.runbook, r.status.as_str());
+    outln!(
+        "run {}  {}  ({})",
+        r.id,
+        crate::terminal::escape(&r.runbook),
+        r.status.as_str()
+    );
     outln!(
         "file:    {} (sha256 {})",
         r.file,
@@ -237,7 +242,10 @@ pub fn show(dir: Option<PathBuf>, run_id: &str) -> u8 {
             fmt_ms(f - r.started_at_ms)
         );
     }
-    outln!("params:  {}", r.params);
+    outln!(
+        "params:  {}",
+        crate::terminal::escape_json(&r.params.to_string())
+    );
     outln!();
     for e in &events {
         let d = &e.data;
@@ -296,6 +304,10 @@ pub fn show(dir: Option<PathBuf>, run_id: &str) -> u8 {
             ),
             other => other.to_owned(),
         };
+        let (step, line) = (
+            crate::terminal::escape(step),
+            crate::terminal::escape(&line),
+        );
         outln!("{}  {step:<20} {line}", crate::clock::rfc3339(e.at_ms));
     }
     exit::SUCCESS
@@ -315,7 +327,8 @@ pub fn logs(dir: Option<PathBuf>, run_id: &str, step: Option<&str>) -> u8 {
         Ok(lines) => {
             for l in lines {
                 let mark = if l.stream == "stderr" { "┃" } else { "│" };
-                outln!("{} {mark} {}", l.step, l.text);
+                let esc = crate::terminal::escape;
+                outln!("{} {mark} {}", esc(&l.step), esc(&l.text));
             }
             exit::SUCCESS
         }
@@ -432,6 +445,9 @@ fn parse_since(s: &str) -> Result<i64, String> {
     let parts: Vec<&str> = s.split('-').collect();
     if let [y, m, d] = parts.as_slice()
         && let (Ok(y), Ok(m), Ok(d)) = (y.parse::<i64>(), m.parse::<u32>(), d.parse::<u32>())
+        && (0..=9999).contains(&y)
+        && (1..=12).contains(&m)
+        && (1..=31).contains(&d)
     {
         return Ok(crate::clock::days_from_civil(y, m, d) * 86_400_000);
     }

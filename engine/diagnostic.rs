@@ -218,13 +218,20 @@ pub fn render(file: &SourceFile, diags: &[Diagnostic], color: bool) -> String {
         .with_width(100)
         .with_links(false)
         .with_context_lines(1);
+    // miette pads underlines with `{:width$}`, which panics past 65,535 columns: a position
+    // that far right gets no snippet, and its line and column are written out instead.
+    let drawable = |s: &Span| s.column < 4096;
     let mut out = String::new();
     for d in diags {
         let mut labels = Vec::new();
-        if let Some(span) = d.span.and_then(|s| file.source_span(s)) {
+        if let Some(span) = d.span.filter(drawable).and_then(|s| file.source_span(s)) {
             labels.push(LabeledSpan::new_primary_with_span(d.label.clone(), span));
         }
-        for (s, note) in &d.related {
+        if let Some(s) = d.span.filter(|s| !drawable(s)) {
+            use std::fmt::Write as _;
+            let _ = writeln!(out, "{}:{}:{}:", file.name, s.line, s.column);
+        }
+        for (s, note) in d.related.iter().filter(|(s, _)| drawable(s)) {
             if let Some(span) = file.source_span(*s) {
                 labels.push(LabeledSpan::new_with_span(Some(note.clone()), span));
             }

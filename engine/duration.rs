@@ -23,10 +23,14 @@ pub enum DurationError {
     /// Something that is not a number where one was expected.
     #[error("`{0}` is not a duration")]
     Malformed(String),
-    /// More than about 584 years.
-    #[error("`{0}` is too long")]
+    /// More than [`MAX`] (ten years): no procedure waits that long, and sums of such
+    /// durations (timeouts × attempts, worst cases) must stay computable.
+    #[error("`{0}` is too long: durations are limited to 3650d (ten years)")]
     Overflow(String),
 }
+
+/// The longest duration a runbook, drill or trigger may write: ten years.
+pub const MAX: Duration = Duration::from_hours(3650 * 24);
 
 /// How to write a duration, for error help texts.
 pub const DURATION_HELP: &str =
@@ -77,7 +81,11 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
             .ok_or_else(|| DurationError::Overflow(t.to_owned()))?;
     }
     let ms = u64::try_from(total).map_err(|_| DurationError::Overflow(t.to_owned()))?;
-    Ok(Duration::from_millis(ms))
+    let d = Duration::from_millis(ms);
+    if d > MAX {
+        return Err(DurationError::Overflow(t.to_owned()));
+    }
+    Ok(d)
 }
 
 /// Format a duration the way authors write them (`1h30m`, `90ms`).
@@ -129,6 +137,12 @@ mod tests {
             parse("99999999999999999999999d"),
             Err(DurationError::Overflow(_))
         ));
+        assert!(matches!(
+            parse("18446744073709551615ms"),
+            Err(DurationError::Overflow(_))
+        ));
+        assert!(matches!(parse("3651d"), Err(DurationError::Overflow(_))));
+        assert_eq!(parse("3650d").unwrap(), MAX);
     }
 
     proptest! {

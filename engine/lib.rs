@@ -42,3 +42,4 @@ pub mod schema;
 pub mod serve;
 pub mod state;
 pub mod template;
+pub mod terminal;

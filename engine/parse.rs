@@ -37,7 +37,7 @@ pub fn parse_as<T: serde::de::DeserializeOwned>(
 /// After a failed parse, look for the other errors too.
 fn recover(file: &SourceFile, first: Diagnostic) -> Vec<Diagnostic> {
     let mut diags = vec![first];
-    if diags[0].code == "yaml-syntax" {
+    if diags[0].code == "yaml-syntax" || diags[0].code == "yaml-limit" {
         return diags;
     }
     if let Err(d) = parse_as::<Runbook<IgnoredAny>>(file, &file.text) {
@@ -148,8 +148,9 @@ fn convert(file: &SourceFile, text: &str, err: &serde_saphyr::Error) -> Diagnost
         },
     });
     let raw = err.without_snippet().to_string();
-    let (code, message, help) =
-        typed(text, span, innermost(err)).unwrap_or_else(|| classify(&clean_message(&raw)));
+    let (code, message, help) = budget(innermost(err))
+        .or_else(|| typed(text, span, innermost(err)))
+        .unwrap_or_else(|| classify(&clean_message(&raw)));
     let mut d = Diagnostic {
         code,
         message,
@@ -177,6 +178,43 @@ fn innermost(mut err: &serde_saphyr::Error) -> &serde_saphyr::Error {
         err = error;
     }
     err
+}
+
+/// A YAML resource limit that was hit, in plain words with the limit named (the parser's own
+/// error is a debug dump of its counters).
+fn budget(err: &serde_saphyr::Error) -> Option<(&'static str, String, Option<String>)> {
+    use serde_saphyr::budget::{Budget, BudgetBreach as B};
+    let serde_saphyr::Error::Budget { breach, .. } = err else {
+        return None;
+    };
+    let limits = Budget::default();
+    let what = match breach {
+        B::Nodes { .. } => format!("{} YAML nodes", limits.max_nodes),
+        B::Events { .. } => format!("{} YAML parser events", limits.max_events),
+        B::Depth { .. } => format!("{} levels of nesting", limits.max_depth),
+        B::Aliases { .. } => format!("{} aliases (`*name`)", limits.max_aliases),
+        B::Anchors { .. } => format!("{} anchors (`&name`)", limits.max_anchors),
+        B::AliasAnchorRatio { .. } => format!(
+            "{} aliases per anchor (alias expansion multiplies the document)",
+            limits.alias_anchor_ratio_multiplier
+        ),
+        B::Documents { .. } => format!("{} YAML documents", limits.max_documents),
+        B::ScalarBytes { .. } => format!(
+            "{} MiB of text in values",
+            limits.max_total_scalar_bytes / (1024 * 1024)
+        ),
+        B::MergeKeys { .. } => format!("{} merge keys (`<<`)", limits.max_merge_keys),
+        B::InputBytes { .. } => format!(
+            "{} MiB",
+            limits.max_reader_input_bytes.unwrap_or(0) / (1024 * 1024)
+        ),
+        _ => "the YAML parser's resource limits".to_owned(),
+    };
+    Some((
+        "yaml-limit",
+        format!("the file is too large or too deeply nested: runbooks (and drill and trigger files) are limited to {what}"),
+        Some("split the procedure into runbooks that `call` each other, or remove the repetition (anchors and aliases count once per use)".to_owned()),
+    ))
 }
 
 /// Type mismatches, restated in the runbook's terms (serde-saphyr words them as parser events).

@@ -176,6 +176,11 @@ pub fn environment() -> &'static Environment<'static> {
     ENV.get_or_init(|| {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        // Every render and evaluation runs on a budget: one fuel per instruction, and one per
+        // 64 bytes of data made or written, so a loop or `"x" * 10**9` fails with an error
+        // instead of hanging or exhausting memory: 1,000,000 fuel is about 1s and 64 MiB of
+        // output at most.
+        env.set_fuel(Some(1_000_000));
         env.set_formatter(|out, state, value| {
             // Shells and YAML-minded tools expect `true`/`false`, not Python's `True`/`False`.
             if value.kind() == minijinja::value::ValueKind::Bool {

@@ -279,7 +279,7 @@ pub(super) fn critical_path(
             .map(|p| (finish[p.index()], Some(p.index())))
             .max_by_key(|(d, _)| *d)
             .unwrap_or((Duration::ZERO, None));
-        finish[i] = best + weight(i);
+        finish[i] = best.saturating_add(weight(i));
         prev[i] = from;
     }
     let Some(end) = (0..n).max_by_key(|&i| finish[i]) else {

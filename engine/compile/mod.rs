@@ -80,9 +80,30 @@ impl RetryPolicy {
         base.min(self.max_delay)
     }
 
-    /// Sum of all delays if every attempt fails (no jitter).
+    /// Sum of all delays if every attempt fails (no jitter); `None` when it overflows.
+    ///
+    /// Delays stop growing once they reach `max_delay` (or the factor saturates), so the sum
+    /// is computed in a few dozen steps however many attempts are allowed.
+    pub fn checked_total_delay(&self) -> Option<Duration> {
+        let mut total = Duration::ZERO;
+        let mut previous = None;
+        let mut n = 2;
+        while n <= self.attempts {
+            let d = self.delay_before(n);
+            if self.backoff == Backoff::Fixed || d >= self.max_delay || previous == Some(d) {
+                // Every later delay is `d`.
+                return total.checked_add(d.checked_mul(self.attempts - n + 1)?);
+            }
+            total = total.checked_add(d)?;
+            previous = Some(d);
+            n += 1;
+        }
+        Some(total)
+    }
+
+    /// Sum of all delays if every attempt fails (no jitter), saturating.
     pub fn total_delay(&self) -> Duration {
-        (2..=self.attempts).map(|n| self.delay_before(n)).sum()
+        self.checked_total_delay().unwrap_or(Duration::MAX)
     }
 }
 
@@ -100,7 +121,8 @@ pub struct CheckTiming {
 impl CheckTiming {
     /// Longest time the check can take.
     pub fn worst_case(&self) -> Duration {
-        self.within.map_or(self.timeout, |w| w + self.timeout)
+        self.within
+            .map_or(self.timeout, |w| w.saturating_add(self.timeout))
     }
 }
 
@@ -137,15 +159,27 @@ pub struct CompiledStep {
 
 impl CompiledStep {
     /// Longest time the step can take: guards, every attempt and delay, then the gates.
+    /// Saturates at `Duration::MAX`; compile refuses a runbook where it would (see
+    /// [`CompiledStep::checked_worst_case`]).
     pub fn worst_case(&self) -> Duration {
-        let guards: Duration = self.require.iter().map(CheckTiming::worst_case).sum();
-        let gates: Duration = self.verify.iter().map(CheckTiming::worst_case).sum();
+        self.checked_worst_case().unwrap_or(Duration::MAX)
+    }
+
+    /// Longest time the step can take, `None` when the sum overflows.
+    pub fn checked_worst_case(&self) -> Option<Duration> {
+        let mut total = Duration::ZERO;
+        for c in self.require.iter().chain(&self.verify) {
+            total = total.checked_add(c.within.unwrap_or_default().checked_add(c.timeout)?)?;
+        }
         let action = match self.sleep {
             Some(d) => d,
             None if !self.has_action => Duration::ZERO,
-            None => self.timeout.saturating_mul(self.retry.attempts) + self.retry.total_delay(),
+            None => self
+                .timeout
+                .checked_mul(self.retry.attempts)?
+                .checked_add(self.retry.checked_total_delay()?)?,
         };
-        guards + action + gates
+        total.checked_add(action)
     }
 }
 
@@ -317,6 +351,7 @@ pub fn compile(file: SourceFile, path: &Path) -> Result<Compiled, Vec<Diagnostic
     // cycle, templates are still checked, but not for reading steps that may not have run.
     let graph_ok = !unresolved && diags.iter().all(|d| d.code != "cycle");
     refs::check(&compiled, graph_ok, &mut diags);
+    check_worst_case(&compiled, &mut diags);
     if graph_ok {
         check_irreversible(&compiled, &mut diags);
     }
@@ -325,6 +360,39 @@ pub fn compile(file: SourceFile, path: &Path) -> Result<Compiled, Vec<Diagnostic
     } else {
         diags.sort_by_key(|d| d.span.map(|s| (s.line, s.column)));
         Err(diags)
+    }
+}
+
+/// Refuse a runbook whose worst case cannot be computed: every plan sums it, and the sum of
+/// timeouts × attempts and delays over all steps must not overflow.
+fn check_worst_case(c: &Compiled, diags: &mut Vec<Diagnostic>) {
+    let mut total = Some(Duration::ZERO);
+    for (i, cs) in c.steps.iter().enumerate() {
+        let Some(w) = cs.checked_worst_case() else {
+            diags.push(
+                Diagnostic::new(
+                    "duration-overflow",
+                    format!(
+                        "the worst case of step `{}` (timeout × attempts, retry delays and gates) is too long to compute",
+                        cs.id
+                    ),
+                    c.step(i).id.span,
+                )
+                .with_help("lower its timeout, `retry.attempts` or retry delays"),
+            );
+            return;
+        };
+        total = total.and_then(|t| t.checked_add(w));
+    }
+    if total.is_none() {
+        diags.push(
+            Diagnostic::new(
+                "duration-overflow",
+                "the worst case of the runbook (all steps' timeouts × attempts and delays) is too long to compute",
+                c.runbook.runbook.span,
+            )
+            .with_help("lower timeouts, `retry.attempts` or retry delays"),
+        );
     }
 }
 

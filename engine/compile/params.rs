@@ -238,6 +238,31 @@ pub fn resolve_params(
             );
         }
     }
+    // A secret too short to be masked would leak in every output: refuse it now, before
+    // anything is planned or run.
+    for (name, p) in &rb.params {
+        if !p.value.secret {
+            continue;
+        }
+        let text = match out.get(name) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) | None => continue,
+            Some(other) => other.to_string(),
+        };
+        if let Err(e) = crate::mask::check_secret(name, &text) {
+            diags.push(
+                Diagnostic::global(
+                    "secret-too-short",
+                    format!("invalid value for param `{name}`: {e}"),
+                )
+                .with_related(p.span, "declared `secret: true` here")
+                .with_help(format!(
+                    "pass a value of at least {} characters with `-p {name}=…`",
+                    crate::mask::MIN_SECRET_LEN
+                )),
+            );
+        }
+    }
     if diags.is_empty() {
         Ok(out)
     } else {

@@ -393,7 +393,11 @@ fn parse_datetime(s: &str) -> Option<i64> {
             let t = rest[1..].replace(':', "");
             let (hh, mm) = match t.len() {
                 2 => (t.parse::<i64>().ok()?, 0),
-                4 => (t[..2].parse::<i64>().ok()?, t[2..].parse::<i64>().ok()?),
+                // `get`: the offset may hold multi-byte characters (`+1é1`).
+                4 => (
+                    t.get(..2)?.parse::<i64>().ok()?,
+                    t.get(2..)?.parse::<i64>().ok()?,
+                ),
                 _ => return None,
             };
             sign * (hh * 60 + mm)

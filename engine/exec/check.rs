@@ -206,6 +206,13 @@ pub fn check(c: &Compiled, params: &ParamValues) -> Result<Vec<Finding>, String>
             }
         }
     });
+    // Findings name URLs and commands rendered with secrets in them: they leave masked, like
+    // every event of a run.
+    // They are printed to a terminal too: step ids and output lines cannot drive it.
+    for f in &mut findings {
+        f.what = crate::terminal::escape(&shared.mask(&f.what));
+        f.detail = crate::terminal::escape(&shared.mask(&f.detail));
+    }
     Ok(findings)
 }
 

@@ -23,8 +23,11 @@ pub struct Shared {
     pub host: String,
     /// When (ms since epoch).
     pub started_at_ms: i64,
-    /// Masks every secret value in every output.
-    pub masker: Masker,
+    /// Masks every secret value in every output; grows when a called runbook brings secrets of
+    /// its own.
+    masker: std::sync::RwLock<Masker>,
+    /// Steps this run may still start, `call`ed runbooks included (see [`Shared::reserve_steps`]).
+    step_budget: std::sync::atomic::AtomicUsize,
     /// Secret values by name, for templates.
     pub secrets: BTreeMap<String, String>,
     /// Where events go.
@@ -69,21 +72,9 @@ impl Shared {
         reporter: Box<dyn Reporter>,
         store: Option<Arc<dyn crate::state::Store>>,
     ) -> Result<Arc<Self>, String> {
+        // The masker derives the quoted, escaped, encoded and per-line forms itself.
         let mut secret_values: Vec<String> = secrets.iter().map(|(_, v)| v.clone()).collect();
-        // A secret interpolated into a command is shell-quoted, which splits it around `'`:
-        // mask the quoted form too.
-        let quoted: Vec<String> = secret_values
-            .iter()
-            .map(|v| crate::template::shell_quote(v))
-            .collect();
-        secret_values.extend(quoted);
-        for (name, p) in &c.runbook.params {
-            if p.value.secret
-                && let Some(serde_json::Value::String(s)) = params.get(name)
-            {
-                secret_values.push(s.clone());
-            }
-        }
+        secret_values.extend(secret_param_values(c, params));
         let http = reqwest::Client::builder()
             .user_agent(concat!("runbook/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -94,7 +85,10 @@ impl Shared {
             user: super::current_user(),
             host: super::current_host(),
             started_at_ms: crate::clock::now_ms(),
-            masker: Masker::new(secret_values),
+            masker: std::sync::RwLock::new(Masker::new(secret_values)),
+            step_budget: std::sync::atomic::AtomicUsize::new(
+                STEP_BUDGET.saturating_sub(c.steps.len()),
+            ),
             secrets: secrets.iter().cloned().collect(),
             reporter,
             options,
@@ -142,9 +136,15 @@ impl Shared {
         self.resumed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Emit an event now.
+    /// Emit an event now, masked: this is the one door every event leaves the run through
+    /// (display, `--output json`, journal, audit log).
     pub fn emit(&self, event: &Event) {
-        self.reporter.emit(crate::clock::now_ms(), event);
+        let masked = match self.masker.read() {
+            Ok(m) => event.masked(&m),
+            // A poisoned lock means a panic elsewhere: emit nothing rather than risk a leak.
+            Err(_) => return,
+        };
+        self.reporter.emit(crate::clock::now_ms(), &masked);
         if !self.reporter.healthy() {
             self.cancel("the journal could not be written");
         }
@@ -177,8 +177,62 @@ impl Shared {
 
     /// Mask secrets in text.
     pub fn mask(&self, s: &str) -> String {
-        self.masker.mask(s)
+        match self.masker.read() {
+            Ok(m) => m.mask(s),
+            Err(_) => "***".to_owned(),
+        }
     }
+
+    /// Mask secrets in every string and key of a value.
+    pub fn mask_value(&self, v: &serde_json::Value) -> serde_json::Value {
+        match self.masker.read() {
+            Ok(m) => m.mask_value(v),
+            Err(_) => serde_json::Value::String("***".to_owned()),
+        }
+    }
+
+    /// Mask, from now on, a secret value learnt while the run goes (the `secret: true` params
+    /// of a called runbook).
+    pub fn learn_secret(&self, value: &str) {
+        if let Ok(mut m) = self.masker.write() {
+            m.add(value);
+        }
+    }
+
+    /// Reserve `n` more steps for a `call` (each call also costs one for itself): a run starts
+    /// at most [`STEP_BUDGET`] steps in all, so calls fanning out into calls cannot multiply
+    /// without bound.
+    ///
+    /// # Errors
+    /// When the budget is spent; nothing is reserved then.
+    pub fn reserve_steps(&self, n: usize) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        self.step_budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(n))
+            .map(|_| ())
+            .map_err(|left| {
+                format!(
+                    "a run is limited to {STEP_BUDGET} steps in all, `call`ed runbooks included; this call needs {n} more and only {left} remain (split the procedure into separate runs, or call fewer runbooks)"
+                )
+            })
+    }
+}
+
+/// Most steps one run starts, its own and those of every runbook it `call`s, however nested.
+pub const STEP_BUDGET: usize = 10_000;
+
+/// The values of the params declared `secret: true`.
+pub fn secret_param_values(c: &Compiled, params: &ParamValues) -> Vec<String> {
+    c.runbook
+        .params
+        .iter()
+        .filter(|(_, p)| p.value.secret)
+        .filter_map(|(name, _)| match params.get(name) {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Null) | None => None,
+            Some(other) => Some(other.to_string()),
+        })
+        .collect()
 }
 
 /// Waits for cancellation.

@@ -218,3 +218,195 @@ pub trait Reporter: Send + Sync {
         f();
     }
 }
+
+impl Event {
+    /// The event with every string it carries — step ids, messages, commands, output lines,
+    /// and every string and key of its structured values (`params`, `result`, `outputs`,
+    /// resume decisions) — passed through the masker.
+    ///
+    /// [`super::Shared::emit`] applies this to every event before any reporter sees it, so
+    /// display, `--output json`, the journal and the audit log all receive masked values, and
+    /// a field added here later cannot be forgotten: the match below names every field.
+    #[must_use]
+    pub fn masked(&self, m: &crate::mask::Masker) -> Event {
+        if m.is_empty() {
+            return self.clone();
+        }
+        self.map_text(&|t| m.mask(t), &|v| m.mask_value(v))
+    }
+
+    /// The event with every control character of its text made visible, for a terminal: a
+    /// step id, param or output line cannot set the window title or move the cursor.
+    #[must_use]
+    pub fn for_terminal(&self) -> Event {
+        self.map_text(&crate::terminal::escape, &crate::terminal::escape_value)
+    }
+
+    /// The event with `text` applied to every string field and `value` to every structured
+    /// one. The match names every field, so a field added later cannot be forgotten.
+    fn map_text(
+        &self,
+        text: &dyn Fn(&str) -> String,
+        value: &dyn Fn(&serde_json::Value) -> serde_json::Value,
+    ) -> Event {
+        let s = |v: &String| text(v);
+        let list = |v: &Vec<String>| v.iter().map(|x| text(x)).collect::<Vec<_>>();
+        match self {
+            Event::RunStarted {
+                run_id,
+                runbook,
+                params,
+                user,
+                host,
+            } => Event::RunStarted {
+                run_id: s(run_id),
+                runbook: s(runbook),
+                params: value(params),
+                user: s(user),
+                host: s(host),
+            },
+            Event::StepStarted {
+                step,
+                attempt,
+                attempts,
+            } => Event::StepStarted {
+                step: s(step),
+                attempt: *attempt,
+                attempts: *attempts,
+            },
+            Event::Command {
+                step,
+                attempt,
+                command,
+            } => Event::Command {
+                step: s(step),
+                attempt: *attempt,
+                command: s(command),
+            },
+            Event::Output { step, stream, line } => Event::Output {
+                step: s(step),
+                stream: *stream,
+                line: s(line),
+            },
+            Event::Check {
+                step,
+                phase,
+                index,
+                poll,
+                passed,
+                detail,
+            } => Event::Check {
+                step: s(step),
+                phase: s(phase),
+                index: *index,
+                poll: *poll,
+                passed: *passed,
+                detail: s(detail),
+            },
+            Event::Retry {
+                step,
+                attempt,
+                delay_ms,
+                error,
+            } => Event::Retry {
+                step: s(step),
+                attempt: *attempt,
+                delay_ms: *delay_ms,
+                error: s(error),
+            },
+            Event::StepSkipped {
+                step,
+                reason,
+                by_guard,
+            } => Event::StepSkipped {
+                step: s(step),
+                reason: s(reason),
+                by_guard: *by_guard,
+            },
+            Event::StepSucceeded {
+                step,
+                duration_ms,
+                attempts,
+                summary,
+                result,
+                outputs,
+            } => Event::StepSucceeded {
+                step: s(step),
+                duration_ms: *duration_ms,
+                attempts: *attempts,
+                summary: s(summary),
+                result: value(result),
+                outputs: outputs.iter().map(|(k, v)| (text(k), value(v))).collect(),
+            },
+            Event::StepFailed {
+                step,
+                duration_ms,
+                attempts,
+                error,
+            } => Event::StepFailed {
+                step: s(step),
+                duration_ms: *duration_ms,
+                attempts: *attempts,
+                error: s(error),
+            },
+            Event::StepAborted { step, reason } => Event::StepAborted {
+                step: s(step),
+                reason: s(reason),
+            },
+            Event::Approval {
+                step,
+                approver,
+                decision,
+                via,
+            } => Event::Approval {
+                step: s(step),
+                approver: s(approver),
+                decision: decision.clone(),
+                via: via.clone(),
+            },
+            Event::ApprovalWaiting {
+                step,
+                message,
+                needed,
+                have,
+            } => Event::ApprovalWaiting {
+                step: s(step),
+                message: s(message),
+                needed: *needed,
+                have: *have,
+            },
+            Event::RollbackStarted {
+                steps,
+                not_compensated,
+            } => Event::RollbackStarted {
+                steps: list(steps),
+                not_compensated: list(not_compensated),
+            },
+            Event::Compensated { step, ok, detail } => Event::Compensated {
+                step: s(step),
+                ok: *ok,
+                detail: s(detail),
+            },
+            Event::Resumed {
+                run_id,
+                done,
+                decisions,
+                changed,
+            } => Event::Resumed {
+                run_id: s(run_id),
+                done: list(done),
+                decisions: decisions.iter().map(value).collect(),
+                changed: *changed,
+            },
+            Event::RunFinished {
+                status,
+                duration_ms,
+                exit_code,
+            } => Event::RunFinished {
+                status: status.clone(),
+                duration_ms: *duration_ms,
+                exit_code: *exit_code,
+            },
+        }
+    }
+}

@@ -145,6 +145,14 @@ pub fn resolve_secrets(c: &Compiled) -> Result<Vec<(String, String)>, String> {
                     format!("failed to resolve secret `{name}`: cannot read {path}: {e}")
                 })?,
         };
+        crate::mask::check_secret(name, &v).map_err(|e| {
+            format!(
+                "{}:{}:{}: {e}",
+                c.path.display(),
+                src.span.line,
+                src.span.column
+            )
+        })?;
         out.push((name.clone(), v));
     }
     Ok(out)

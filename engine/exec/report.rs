@@ -195,6 +195,7 @@ struct PlainReporter {
 
 impl Reporter for PlainReporter {
     fn emit(&self, ts_ms: i64, event: &Event) {
+        let event = &event.for_terminal();
         self.table.record(event);
         if let Some(line) = describe(event) {
             let mut out = std::io::stdout().lock();
@@ -332,6 +333,7 @@ impl TtyReporter {
 
 impl Reporter for TtyReporter {
     fn emit(&self, _ts_ms: i64, event: &Event) {
+        let event = &event.for_terminal();
         self.table.record(event);
         match event {
             Event::StepStarted {

@@ -52,8 +52,30 @@ impl super::Perform for CallSpec {
                 params.push((
                     k.clone(),
                     r.render(&v.value, Escape::None)
-                        .map_err(|e| ActionError::Failed(e.to_string()))?,
+                        .map_err(|e| ActionError::Failed(ctx.mask(&e.to_string())))?,
                 ));
+            }
+            // Before anything of the called runbook runs: its `secret: true` params are masked
+            // from now on, and its steps count against the run's step budget.
+            let path = crate::exec::resolve_relative(&ctx.runbook().path, &self.runbook.value);
+            // A spent budget fails at once, before the called runbook is even read.
+            ctx.shared().reserve_steps(1).map_err(|e| {
+                ActionError::Failed(format!("failed to call {}: {e}", path.display()))
+            })?;
+            if let Ok(child) = crate::compile::compile_path(&path) {
+                for (name, p) in &child.runbook.params {
+                    if p.value.secret
+                        && let Some((_, v)) = params.iter().find(|(k, _)| k == name)
+                    {
+                        crate::mask::check_secret(name, v).map_err(|e| {
+                            ActionError::Failed(format!("failed to call {}: {e}", path.display()))
+                        })?;
+                        ctx.shared().learn_secret(v);
+                    }
+                }
+                ctx.shared().reserve_steps(child.steps.len()).map_err(|e| {
+                    ActionError::Failed(format!("failed to call {}: {e}", path.display()))
+                })?;
             }
             crate::exec::call(ctx, &self.runbook.value, params).await
         })

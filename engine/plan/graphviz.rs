@@ -54,7 +54,7 @@ pub fn mermaid(p: &Plan) -> String {
             let _ = writeln!(o, "  class {} mutates", node_id(&s.id));
         }
     }
-    o
+    crate::terminal::escape(&o)
 }
 
 /// Render the DAG as Graphviz DOT.
@@ -89,5 +89,5 @@ pub fn dot(p: &Plan) -> String {
         }
     }
     o.push_str("}\n");
-    o
+    crate::terminal::escape(&o)
 }

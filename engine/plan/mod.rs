@@ -24,6 +24,56 @@ pub use text::text;
 /// Version of the plan JSON format; bumped when a field changes meaning.
 pub const PLAN_FORMAT: u32 = 1;
 
+/// Why a saved plan file cannot be executed.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanFileError {
+    /// Not JSON, or JSON of another shape (the message says where: line and column).
+    #[error("not a plan: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A plan of another format version.
+    #[error(
+        "plan format {found} is not supported (this version of runbook reads format {})",
+        PLAN_FORMAT
+    )]
+    Format {
+        /// The `format` the file declares.
+        found: u32,
+    },
+    /// A hash that is not 64 hexadecimal digits: the file was edited or corrupted.
+    #[error("`{field}` is not a SHA-256 hex digest: the file was edited or is corrupt")]
+    Hash {
+        /// `runbook_hash` or `plan_hash`.
+        field: &'static str,
+    },
+    /// No runbook file named.
+    #[error("`file` is empty: the plan does not name its runbook")]
+    NoFile,
+}
+
+/// Read a plan saved by `runbook plan --out`, checking what `exec --plan` relies on.
+///
+/// # Errors
+/// When the text is not a plan of this format, or its hashes or file are malformed.
+pub fn read(text: &str) -> Result<Plan, PlanFileError> {
+    let plan: Plan = serde_json::from_str(text)?;
+    if plan.format != PLAN_FORMAT {
+        return Err(PlanFileError::Format { found: plan.format });
+    }
+    let is_digest = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+    if !is_digest(&plan.runbook_hash) {
+        return Err(PlanFileError::Hash {
+            field: "runbook_hash",
+        });
+    }
+    if !is_digest(&plan.plan_hash) {
+        return Err(PlanFileError::Hash { field: "plan_hash" });
+    }
+    if plan.file.trim().is_empty() || plan.file.contains('\0') {
+        return Err(PlanFileError::NoFile);
+    }
+    Ok(plan)
+}
+
 /// A rendered action line.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Line {
@@ -527,8 +577,9 @@ fn summarize(c: &Compiled, steps: &[PlannedStep], finally: &[PlannedStep]) -> Su
                 .max()
                 .unwrap_or_default()
         })
-        .sum();
-    let worst = main_worst + finally_worst;
+        .fold(Duration::ZERO, Duration::saturating_add);
+    // Compile refused runbooks whose sums overflow; saturate anyway rather than panic.
+    let worst = main_worst.saturating_add(finally_worst);
     let mut warnings = Vec::new();
     if let Some(rto) = c.rto
         && worst > rto

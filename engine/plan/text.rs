@@ -15,7 +15,7 @@ pub fn text(p: &Plan) -> String {
         o,
         "file:       {} (sha256 {})",
         p.file,
-        &p.runbook_hash[..12.min(p.runbook_hash.len())]
+        p.runbook_hash.chars().take(12).collect::<String>()
     );
     if !p.params.is_empty() {
         let params: Vec<String> = p
@@ -111,7 +111,8 @@ pub fn text(p: &Plan) -> String {
     for w in &sm.warnings {
         let _ = writeln!(o, "  ⚠ {w}");
     }
-    o
+    // Step ids, params and commands come from the runbook: inert on a terminal.
+    crate::terminal::escape(&o)
 }
 
 fn scalar(v: &serde_json::Value) -> String {

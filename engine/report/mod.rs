@@ -239,15 +239,17 @@ pub struct Bottleneck {
 /// Render a report in a format.
 #[must_use]
 pub fn render(report: &Report, format: ReportFormat) -> String {
+    // Reports are printed to terminals as often as they are opened elsewhere: step ids, params
+    // and output in them must not drive the terminal.
     match format {
-        ReportFormat::Markdown => markdown::render(report),
-        ReportFormat::Html => html::render(report),
+        ReportFormat::Markdown => crate::terminal::escape(&markdown::render(report)),
+        ReportFormat::Html => crate::terminal::escape(&html::render(report)),
         ReportFormat::Json => {
             let mut s = serde_json::to_string_pretty(report).unwrap_or_default();
             s.push('\n');
-            s
+            crate::terminal::escape_json(&s)
         }
-        ReportFormat::Junit => junit::render(report),
+        ReportFormat::Junit => crate::terminal::escape(&junit::render(report)),
     }
 }
 
