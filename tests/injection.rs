@@ -820,3 +820,26 @@ fn hostile_k8s_names_never_reach_a_request_path() {
         assert!(!r.path.contains(".."), "{r:?}");
     }
 }
+
+/// The compiler cannot see every context (a `| safe` fragment may open a quote); the engine
+/// checks the rendered command again and refuses it before anything runs.
+#[test]
+fn a_context_known_only_after_rendering_is_refused_at_run_time() {
+    let tmp = TempDir::new("inject-runtime");
+    let rb = tmp.write(
+        "late.yaml",
+        "runbook: late\nparams:\n  q: {type: string}\n  v: {type: string}\n  dir: {type: string}\nsteps:\n  - id: s\n    cwd: \"{{ params.dir }}\"\n    run: echo {{ params.q | safe }}{{ params.v }}' > out.txt\n",
+    );
+    let v = format!("$(touch {})", tmp.join(MARKER).display());
+    let out = Runbook::exec(&rb)
+        .param("q", "'")
+        .param("v", &v)
+        .param("dir", &tmp.str())
+        .yes()
+        .json()
+        .run();
+    out.assert_code(1);
+    assert!(out.stdout.contains("single quotes"), "{}", out.dump());
+    assert!(!tmp.join(MARKER).exists());
+    assert!(!tmp.join("out.txt").exists(), "the command ran");
+}
