@@ -398,8 +398,8 @@ fn state_files_are_private_and_a_state_dir_others_can_write_is_refused() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(
         mode(&db).ok(),
-        Some(0o600),
-        "an existing private file stays private"
+        Some(0o660),
+        "a directory made a team directory shares its database with the group"
     );
     let fresh = tmp.join("team");
     std::fs::create_dir(&fresh).expect("mkdir");
