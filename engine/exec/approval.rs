@@ -253,9 +253,9 @@ pub enum NotWaiting {
     State {
         /// The run.
         run: String,
-        /// Why.
+        /// Why (boxed: the error is large and rare).
         #[source]
-        source: crate::state::StateError,
+        source: Box<crate::state::StateError>,
     },
 }
 
@@ -272,7 +272,7 @@ pub fn check_waiting(
 ) -> Result<(), NotWaiting> {
     let events = store.events(&run.id).map_err(|source| NotWaiting::State {
         run: run.id.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let of_step: Vec<&crate::state::EventRecord> = events
         .iter()
