@@ -36,7 +36,8 @@ pub struct RunArgs {
     /// Pre-approve every approval step (recorded as approved via --yes).
     #[arg(long, short = 'y')]
     pub yes: bool,
-    /// Name recorded for approvals given by this process (default: the OS user).
+    /// A display name recorded with `--yes` pre-approvals of this process, next to the
+    /// operating-system account that gives them (the account is who approves).
     #[arg(long, value_name = "NAME")]
     pub approver: Option<String>,
     /// Progress output (default: tty on a terminal, plain otherwise).
@@ -54,7 +55,8 @@ pub struct ApprovalArgs {
     pub run_id: String,
     /// The approval step.
     pub step: String,
-    /// Approver name (default: the OS user).
+    /// A display name recorded next to your operating-system account (which is who decides:
+    /// a quorum counts accounts, and `self_approval: false` compares them).
     #[arg(long = "as", value_name = "NAME")]
     pub approver: Option<String>,
     /// A note kept with the decision.
@@ -570,8 +572,9 @@ pub(crate) fn launch(
     let options = crate::exec::Options {
         max_parallel: run.max_parallel,
         yes: run.yes,
-        yes_via: None,
-        approver: run.approver.clone(),
+        // The approver is the OS account; `--approver` is only a label next to it.
+        yes_via: run.approver.as_ref().map(|d| format!("--yes (as {d})")),
+        approver: None,
         interactive,
         output,
     };

@@ -339,7 +339,8 @@ pub fn logs(dir: Option<PathBuf>, run_id: &str, step: Option<&str>) -> u8 {
     }
 }
 
-/// `runbook approve` / `runbook deny`.
+/// `runbook approve` / `runbook deny`: the decision is recorded under the operating-system
+/// account running this command (never `$USER`); `--as` only adds a display name next to it.
 pub fn decide(dir: Option<PathBuf>, a: &ApprovalArgs, approve: bool) -> u8 {
     let store = match open_store(dir) {
         Ok(s) => s,
@@ -349,9 +350,18 @@ pub fn decide(dir: Option<PathBuf>, a: &ApprovalArgs, approve: bool) -> u8 {
         Ok(r) => r,
         Err(c) => return c,
     };
-    let user = crate::exec::current_user();
+    if let Err(e) = crate::exec::approval::check_waiting(store.as_ref(), &r, &a.step) {
+        eprintln!(
+            "error: {}\n  help: `runbook show {}` shows what the run is doing",
+            chain(&e),
+            r.id
+        );
+        return exit::STATE;
+    }
+    let approver = crate::exec::current_user();
     let host = crate::exec::current_host();
-    let approver = a.approver.clone().unwrap_or_else(|| user.clone());
+    // A display name equal to the account adds nothing.
+    let display = a.approver.clone().filter(|d| *d != approver);
     let decision = if approve { "approved" } else { "denied" };
     let input = crate::state::ApprovalInput {
         run_id: r.id.clone(),
@@ -362,18 +372,25 @@ pub fn decide(dir: Option<PathBuf>, a: &ApprovalArgs, approve: bool) -> u8 {
         comment: a.comment.clone(),
     };
     let audit = crate::state::AuditInput {
-        user,
+        user: approver.clone(),
         host,
         run_id: Some(r.id.clone()),
         step: Some(a.step.clone()),
         action: "approval".to_owned(),
         target: Some(approver.clone()),
         outcome: decision.to_owned(),
-        detail: serde_json::json!({ "via": "cli", "comment": a.comment }),
+        detail: serde_json::json!({ "via": "cli", "comment": a.comment, "display_name": display }),
     };
     match store.add_approval(&input, &audit) {
         Ok(()) => {
-            outln!("{decision} step `{}` of run {} as {approver}", a.step, r.id);
+            let shown = display
+                .as_ref()
+                .map_or_else(String::new, |d| format!(" (display name {d})"));
+            outln!(
+                "{decision} step `{}` of run {} as {approver}{shown}",
+                a.step,
+                r.id
+            );
             exit::SUCCESS
         }
         Err(e) => {

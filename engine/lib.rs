@@ -32,6 +32,7 @@ pub mod drill;
 pub mod duration;
 pub mod exec;
 pub mod exit;
+pub mod identity;
 pub mod kinds;
 pub mod mask;
 pub mod model;

@@ -23,6 +23,24 @@ use support::TempDir;
 
 const TOKEN: &str = "tok-3f9a1c77e2";
 
+/// Alice's own token (the triggers file keeps its SHA-256): she lists runs and approves.
+const ALICE: &str = "alice-7c2d90e1";
+
+/// Lowercase hex SHA-256.
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .fold(String::new(), |mut h, b| {
+            let _ = write!(h, "{b:02x}");
+            h
+        })
+}
+
+fn alice() -> String {
+    format!("Bearer {ALICE}")
+}
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -190,8 +208,9 @@ impl Serve {
         )
     }
 
+    /// `GET` with alice's token (`/healthz` ignores it).
     fn get(&self, path: &str) -> (u16, String) {
-        http(&self.addr, "GET", path, &[], "")
+        http(&self.addr, "GET", path, &[("Authorization", &alice())], "")
     }
 
     fn runs(&self) -> Vec<Value> {
@@ -318,7 +337,7 @@ fn fixture_triggers(dir: &TempDir, extra: &str) -> PathBuf {
     dir.write(
         "triggers.yaml",
         &format!(
-            "auth:\n  bearer: {{env: RUNBOOK_SERVE_TOKEN}}\n  hmac: {{secret: {{env: RUNBOOK_SERVE_HMAC}}, header: X-Signature}}\n\
+            "auth:\n  bearer: {{env: RUNBOOK_SERVE_TOKEN}}\n  hmac: {{secret: {{env: RUNBOOK_SERVE_HMAC}}, header: X-Signature}}\n  approvers:\n    - {{name: alice, token_sha256: {alice}}}\n\
              max_runs: 40\n\
              triggers:\n\
              \x20 - name: hold\n    alertname: Hold\n    runbook: {hold}\n    params:\n      key: \"{{{{ labels.instance }}}}\"\n      dir: \"{dir}\"\n      seconds: \"{{{{ annotations.seconds }}}}\"\n\
@@ -328,6 +347,7 @@ fn fixture_triggers(dir: &TempDir, extra: &str) -> PathBuf {
             hold = fixtures.join("hold.yaml").display(),
             approval = fixtures.join("approval.yaml").display(),
             dir = dir.str(),
+            alice = sha256_hex(ALICE),
         ),
     )
 }
@@ -348,8 +368,12 @@ fn alert_starts_one_rollback_that_verifies_recovery() {
         "groups:\n  - name: app\n    rules:\n      - alert: HighErrorRate\n        expr: >-\n          (sum(rate(http_requests_total{{job=\"app\",code=~\"5..\"}}[5s])) or vector(0))\n          / sum(rate(http_requests_total{{job=\"app\"}}[5s])) > 0.05\n        for: 10s\n        labels: {{severity: page, service: demo}}\n        annotations: {{app_url: '{}', summary: 5xx above 5 %}}\n",
         app.url
     );
-    let Some(prom) = support::alertmanager::prometheus(
-        &[("app", &app.target), ("runbook", &serve_addr)],
+    // Prometheus scrapes /metrics with the webhook's token (`/metrics` is not open).
+    let Some(prom) = support::alertmanager::prometheus_scraping(
+        &[
+            ("app", &app.target, None),
+            ("runbook", &serve_addr, Some(TOKEN)),
+        ],
         &rules,
         &am.addr,
     ) else {
@@ -359,10 +383,11 @@ fn alert_starts_one_rollback_that_verifies_recovery() {
     let triggers = dir.write(
         "triggers.yaml",
         &format!(
-            "auth:\n  bearer: {{env: RUNBOOK_SERVE_TOKEN}}\nmax_runs: 2\ntriggers:\n\
+            "auth:\n  bearer: {{env: RUNBOOK_SERVE_TOKEN}}\n  approvers: [{{name: alice, token_sha256: {}}}]\nmax_runs: 2\ntriggers:\n\
              \x20 - name: high-5xx\n    alertname: HighErrorRate\n    labels: {{service: demo}}\n    labels_match: {{severity: 'page|critical'}}\n\
              \x20   runbook: {}\n    mode: auto\n    rate_limit: {{runs: 3, per: 1h}}\n    params:\n\
              \x20     app_url: '{{{{ annotations.app_url }}}}'\n      prometheus_url: '{}'\n      service: '{{{{ labels.service }}}}'\n",
+            sha256_hex(ALICE),
             root().join("runbooks/examples/app-rollback-local.yaml").display(),
             prom.url
         ),
@@ -530,6 +555,24 @@ fn unauthenticated_wrongly_signed_or_malformed_posts_are_refused() {
         &json!({}),
     );
     let sig = |key: &[u8], b: &str| format!("sha256={}", hmac_hex(key, b.as_bytes()));
+    // A signed request: HMAC over method, path, timestamp, nonce and body (README).
+    let nonces = std::sync::atomic::AtomicU32::new(0);
+    let signed = |key: &[u8], b: &str| -> Vec<(&'static str, String)> {
+        let ts = (now_ms() / 1000).to_string();
+        let nonce = format!(
+            "test-nonce-{:08}",
+            nonces.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let message = format!("POST\n/alerts\n{ts}\n{nonce}\n{b}");
+        vec![
+            (
+                "X-Signature",
+                format!("sha256={}", hmac_hex(key, message.as_bytes())),
+            ),
+            ("X-Runbook-Timestamp", ts),
+            ("X-Runbook-Nonce", nonce),
+        ]
+    };
 
     // No credentials, a wrong token, a wrong signature, a signature of another body.
     let cases: Vec<(&str, Vec<(&str, String)>)> = vec![
@@ -542,10 +585,11 @@ fn unauthenticated_wrongly_signed_or_malformed_posts_are_refused() {
             "token as basic auth",
             vec![("Authorization", format!("Basic {TOKEN}"))],
         ),
-        ("wrong key", vec![("X-Signature", sig(b"other-key", &body))]),
+        ("wrong key", signed(b"other-key", &body)),
+        ("other body", signed(b"hmac-key-1", "{}")),
         (
-            "other body",
-            vec![("X-Signature", sig(b"hmac-key-1", "{}"))],
+            "body-only signature (the old scheme)",
+            vec![("X-Signature", sig(b"hmac-key-1", &body))],
         ),
     ];
     for (what, headers) in &cases {
@@ -597,13 +641,9 @@ fn unauthenticated_wrongly_signed_or_malformed_posts_are_refused() {
     }
     // Binary garbage with a valid signature: still 400, never a crash.
     let garbage = "\u{0}\u{1}\u{fffd}garbage";
-    let (code, _) = http(
-        &serve.addr,
-        "POST",
-        "/alerts",
-        &[("X-Signature", &sig(b"hmac-key-1", garbage))],
-        garbage,
-    );
+    let h = signed(b"hmac-key-1", garbage);
+    let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, _) = http(&serve.addr, "POST", "/alerts", &h, garbage);
     assert_eq!(code, 400);
     assert!(serve.runs().is_empty(), "a refused request started a run");
 
@@ -642,13 +682,9 @@ fn unauthenticated_wrongly_signed_or_malformed_posts_are_refused() {
         &json!({"instance": "a3"}),
         &json!({}),
     );
-    let (code, text) = http(
-        &serve.addr,
-        "POST",
-        "/alerts",
-        &[("X-Signature", &sig(b"hmac-key-1", &good))],
-        &good,
-    );
+    let h = signed(b"hmac-key-1", &good);
+    let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, text) = http(&serve.addr, "POST", "/alerts", &h, &good);
     assert_eq!(code, 200, "{text}");
     let v: Value = serde_json::from_str(&text).expect("json");
     assert_eq!(v["alerts"][0]["result"], "started", "{v}");
@@ -674,7 +710,7 @@ fn unauthenticated_wrongly_signed_or_malformed_posts_are_refused() {
             &metrics,
             "runbook_webhook_requests_total{outcome=\"unauthorized\"}"
         ),
-        6,
+        7,
         "{metrics}"
     );
     assert_eq!(
@@ -766,8 +802,8 @@ fn approve_mode_waits_for_an_approval_given_over_http_and_auto_mode_answers_itse
         &serve.addr,
         "POST",
         &format!("/runs/{run_id}/steps/approve/approve"),
-        &[("Authorization", &bearer())],
-        "{\"as\": \"chat-bot\", \"comment\": \"from #incidents\"}",
+        &[("Authorization", &alice())],
+        "{\"comment\": \"from #incidents\"}",
     );
     assert_eq!(code, 200, "{text}");
     serve.wait_events(
@@ -780,7 +816,7 @@ fn approve_mode_waits_for_an_approval_given_over_http_and_auto_mode_answers_itse
     let approval = of(&ev, "approval", "approve");
     assert_eq!(
         approval.last().map(|a| a["approver"].clone()),
-        Some(json!("chat-bot")),
+        Some(json!("alice")),
         "{ev:?}"
     );
 
@@ -791,7 +827,7 @@ fn approve_mode_waits_for_an_approval_given_over_http_and_auto_mode_answers_itse
         .output()
         .expect("runbook show");
     let text = String::from_utf8_lossy(&show.stdout);
-    assert!(show.status.success() && text.contains("chat-bot"), "{text}");
+    assert!(show.status.success() && text.contains("alice"), "{text}");
 
     // auto: the run answers its own approval, recorded as the trigger.
     let (_, v) = serve.post_alerts(&payload(
@@ -819,7 +855,7 @@ fn approve_mode_waits_for_an_approval_given_over_http_and_auto_mode_answers_itse
         &serve.addr,
         "POST",
         "/runs/nope/steps/approve/deny",
-        &[("Authorization", &bearer())],
+        &[("Authorization", &alice())],
         "",
     );
     assert_eq!(code, 404);
@@ -835,11 +871,12 @@ fn rate_limit_and_max_runs_refuse_with_429() {
     let triggers = dir.write(
         "triggers.yaml",
         &format!(
-            "auth:\n  bearer: {{env: RUNBOOK_SERVE_TOKEN}}\nmax_runs: 2\ntriggers:\n\
+            "auth:\n  bearer: {{env: RUNBOOK_SERVE_TOKEN}}\n  approvers: [{{name: alice, token_sha256: {a}}}]\nmax_runs: 2\ntriggers:\n\
              \x20 - name: limited\n    alertname: Limited\n    rate_limit: {{runs: 1, per: 1h}}\n    runbook: {h}\n    params: {{key: '{{{{ labels.instance }}}}', dir: '{d}'}}\n\
              \x20 - name: open\n    alertname: Open\n    runbook: {h}\n    params: {{key: '{{{{ labels.instance }}}}', dir: '{d}'}}\n",
             h = hold.display(),
-            d = dir.str()
+            d = dir.str(),
+            a = sha256_hex(ALICE),
         ),
     );
     let mut serve = Serve::start(&triggers, state.path(), "127.0.0.1:0", "limits");

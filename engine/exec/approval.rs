@@ -216,3 +216,93 @@ async fn wait_for_store(
         }
     }
 }
+
+/// Why a decision cannot be recorded for a step now.
+#[derive(Debug, thiserror::Error)]
+pub enum NotWaiting {
+    /// The run is over: nothing of it waits any more.
+    #[error(
+        "run {run} is {status}: only a step of a running run that waits for approval can be decided"
+    )]
+    Finished {
+        /// The run.
+        run: String,
+        /// Its final status.
+        status: &'static str,
+    },
+    /// The run's journal never mentions the step.
+    #[error("run {run} has no step `{step}` that asked for approval")]
+    UnknownStep {
+        /// The run.
+        run: String,
+        /// The step named.
+        step: String,
+    },
+    /// The step exists but is not waiting for approval now.
+    #[error("step `{step}` of run {run} is not waiting for approval: {why}")]
+    NotNow {
+        /// The run.
+        run: String,
+        /// The step.
+        step: String,
+        /// What it is doing instead.
+        why: String,
+    },
+    /// The journal cannot be read.
+    #[error("failed to read the journal of run {run}")]
+    State {
+        /// The run.
+        run: String,
+        /// Why (boxed: the error is large and rare).
+        #[source]
+        source: Box<crate::state::StateError>,
+    },
+}
+
+/// Check that `step` of `run` waits for approval right now: the run is running and the step's
+/// last journal entries since it asked are approvals. A decision for anything else is refused,
+/// so that an approval cannot be banked for later or attached to a finished run.
+///
+/// # Errors
+/// What the step is instead.
+pub fn check_waiting(
+    store: &dyn crate::state::Store,
+    run: &crate::state::RunRecord,
+    step: &str,
+) -> Result<(), NotWaiting> {
+    let events = store.events(&run.id).map_err(|source| NotWaiting::State {
+        run: run.id.clone(),
+        source: Box::new(source),
+    })?;
+    let of_step: Vec<&crate::state::EventRecord> = events
+        .iter()
+        .filter(|e| e.step.as_deref() == Some(step))
+        .collect();
+    if of_step.is_empty() {
+        return Err(NotWaiting::UnknownStep {
+            run: run.id.clone(),
+            step: step.to_owned(),
+        });
+    }
+    if run.status.is_terminal() {
+        return Err(NotWaiting::Finished {
+            run: run.id.clone(),
+            status: run.status.as_str(),
+        });
+    }
+    let Some(asked) = of_step.iter().rposition(|e| e.kind == "approval_waiting") else {
+        return Err(NotWaiting::NotNow {
+            run: run.id.clone(),
+            step: step.to_owned(),
+            why: "it is not an approval step, or has not asked yet".to_owned(),
+        });
+    };
+    if let Some(after) = of_step[asked + 1..].iter().find(|e| e.kind != "approval") {
+        return Err(NotWaiting::NotNow {
+            run: run.id.clone(),
+            step: step.to_owned(),
+            why: format!("it moved on (`{}`)", after.kind),
+        });
+    }
+    Ok(())
+}

@@ -140,6 +140,7 @@ pub fn resolve_secrets(c: &Compiled) -> Result<Vec<(String, String)>, String> {
                 format!("failed to resolve secret `{name}`: environment variable {var} is not set")
             })?,
             crate::model::SecretSource::File(path) => std::fs::read_to_string(path)
+                .inspect(|_| crate::serve::auth::warn_if_readable(path))
                 .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
                 .map_err(|e| {
                     format!("failed to resolve secret `{name}`: cannot read {path}: {e}")
@@ -487,26 +488,10 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
-/// The user running the engine: `$USER`, else the passwd entry of the process's uid.
+/// The user running the engine: the operating-system account of the process (never `$USER`,
+/// which anyone can set: runs, approvals and audit entries name real accounts).
 pub fn current_user() -> String {
-    use std::os::unix::fs::MetadataExt;
-    if let Ok(u) = std::env::var("USER").or_else(|_| std::env::var("LOGNAME"))
-        && !u.is_empty()
-    {
-        return u;
-    }
-    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
-        return "unknown".to_owned();
-    };
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|p| {
-            p.lines().find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_owned())
-            })
-        })
-        .unwrap_or_else(|| format!("uid {uid}"))
+    crate::identity::os_account().name.clone()
 }
 
 /// This host's name.

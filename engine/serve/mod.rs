@@ -1,10 +1,11 @@
 //! `runbook serve`: an HTTP server (axum) that receives Alertmanager webhooks and starts the
 //! runbooks its triggers file names, in-process and journaled like `runbook exec`; it exposes
-//! `/healthz`, `/metrics`, `/runs` and approval endpoints, shuts down gracefully on SIGTERM and
-//! resumes the runs it owned when it starts again.
+//! `/healthz` (open), `/metrics`, `/runs` and approval endpoints (authenticated before any body
+//! is read), shuts down gracefully on SIGTERM and resumes the runs it owned when it starts again.
 
 pub mod auth;
 pub mod hmac;
+pub mod listen;
 pub mod metrics;
 pub mod runner;
 pub mod triggers;
@@ -18,15 +19,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use self::auth::{Authenticator, Verdict};
+use self::auth::{Authenticator, HeaderVerdict, Principal, Refusal, Scope};
 use self::metrics::{Ended, Metrics};
 use self::runner::{Start, Tracked};
 use self::triggers::{Mode, Triggers};
@@ -40,6 +41,13 @@ const START_WAIT: Duration = Duration::from_secs(30);
 
 /// How long a shutdown waits for cancelled runs to journal their end.
 const DRAIN_WAIT: Duration = Duration::from_mins(1);
+
+/// Largest body of an authenticated request (Alertmanager batches alerts in one post).
+const MAX_BODY: usize = 2 * 1024 * 1024;
+
+/// Largest body read before it is authenticated: only a signed request's, which the signature
+/// needs; a bearer token is checked before a byte of the body is read.
+const PRE_AUTH_BODY: usize = 64 * 1024;
 
 /// How the server is run.
 #[derive(Debug, Clone)]
@@ -180,7 +188,7 @@ pub fn serve(triggers: Triggers, config: Config, store: Arc<dyn Store>) -> Resul
             app.config.server_id
         ));
         resume_owned(&app).await;
-        let router = Router::new()
+        let router: Router = Router::new()
             .route("/alerts", post(alerts))
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics_text))
@@ -189,21 +197,25 @@ pub fn serve(triggers: Triggers, config: Config, store: Arc<dyn Store>) -> Resul
             .route("/runs/{id}/steps/{step}/deny", post(deny))
             .with_state(app.clone());
         let stop = app.clone();
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let which = tokio::select! {
-                    _ = term.recv() => "SIGTERM",
-                    _ = int.recv() => "SIGINT",
-                };
-                stop.stopping.store(true, Ordering::SeqCst);
-                stop.cancel.cancel(&format!("the server is stopping ({which})"));
-                log(&format!(
-                    "{which}: no longer accepting; cancelling {} run(s) in flight (they are journaled and resumed at the next start)",
-                    stop.slots().running
-                ));
-            })
-            .await
-            .map_err(ServeError::Io)
+        let shutdown = async move {
+            let which = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            stop.stopping.store(true, Ordering::SeqCst);
+            stop.cancel.cancel(&format!("the server is stopping ({which})"));
+            log(&format!(
+                "{which}: no longer accepting; cancelling {} run(s) in flight (they are journaled and resumed at the next start)",
+                stop.slots().running
+            ));
+        };
+        let counted = app.metrics.clone();
+        listen::run(listener, router, app.triggers.limits, shutdown, move |peer| {
+            counted.webhook("too_many_connections");
+            log(&format!("refused a connection from {peer}: 503 too many connections"));
+        })
+        .await;
+        Ok::<(), ServeError>(())
     })?;
     // Every run was cancelled through the server's handle; wait for each to journal its end.
     let threads = std::mem::take(&mut *match app.threads.lock() {
@@ -448,30 +460,112 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
         .into_response()
 }
 
-/// Authenticate a request: `None` when it may proceed, else the 401 to answer (logged).
-fn refuse_unauthenticated(
-    app: &App,
-    headers: &HeaderMap,
-    body: &[u8],
+/// A refusal's answer (logged, counted); the connection is closed after it, so a body nobody
+/// read is never drained.
+fn refuse(app: &App, what: &str, r: &Refusal) -> Response {
+    app.metrics.webhook(r.outcome());
+    log(&format!("refused {what}: {} {}", r.status(), r.reason()));
+    let mut resp = json_response(
+        StatusCode::from_u16(r.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+        &json!({ "error": r.reason() }),
+    );
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    if r.status() == 401 {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    resp
+}
+
+/// An error answer that also closes the connection (the body may be half read).
+fn closing(status: StatusCode, why: &str) -> Response {
+    let mut resp = json_response(status, &json!({ "error": why }));
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    resp
+}
+
+/// Read a body of at most `limit` bytes within `timeout`.
+async fn read_body(
+    body: Body,
+    limit: usize,
+    timeout: Duration,
     what: &str,
-) -> Option<Response> {
-    match app.auth.verify(headers, body) {
-        Verdict::Ok => None,
-        v => {
-            app.metrics.webhook("unauthorized");
-            log(&format!("refused {what}: 401 {}", v.reason()));
-            Some(json_response(
-                StatusCode::UNAUTHORIZED,
-                &json!({ "error": v.reason() }),
+) -> Result<Bytes, Response> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            // `to_bytes` fails for a body over the limit or a broken connection.
+            let inner = e.into_inner();
+            if inner.is::<http_body_util::LengthLimitError>() {
+                log(&format!(
+                    "refused {what}: 413 the body is larger than {limit} bytes"
+                ));
+                Err(closing(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!(
+                        "the body is larger than {limit} bytes, the most this request may send"
+                    ),
+                ))
+            } else {
+                Err(closing(
+                    StatusCode::BAD_REQUEST,
+                    &format!("failed to read the body: {inner}"),
+                ))
+            }
+        }
+        Err(_) => {
+            log(&format!(
+                "refused {what}: 408 the body did not arrive within {}",
+                crate::duration::format(timeout)
+            ));
+            Err(closing(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the body did not arrive within {} (`limits.body_timeout`)",
+                    crate::duration::format(timeout)
+                ),
             ))
         }
     }
 }
 
-async fn alerts(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(r) = refuse_unauthenticated(&app, &headers, &body, "POST /alerts") {
-        return r;
+/// Authenticate a request for `scope` by its headers, and only then read its body: in full for
+/// a token, at most [`PRE_AUTH_BODY`] for a signed request (whose signature covers it).
+async fn admit(app: &App, req: Request, scope: Scope) -> Result<(Principal, Bytes), Response> {
+    let (parts, body) = req.into_parts();
+    let what = format!("{} {}", parts.method, parts.uri.path());
+    let peer = parts.extensions.get::<listen::Peer>().map(|p| p.0.ip());
+    let timeout = app.triggers.limits.body_timeout;
+    match app.auth.check_headers(&parts.headers, peer, scope) {
+        HeaderVerdict::Ok(p) => Ok((p, read_body(body, MAX_BODY, timeout, &what).await?)),
+        HeaderVerdict::Signed(signed) => {
+            let body = read_body(body, PRE_AUTH_BODY, timeout, &what).await?;
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            match app
+                .auth
+                .verify_signed(parts.method.as_str(), path, &signed, &body)
+            {
+                Ok(p) => Ok((p, body)),
+                Err(r) => Err(refuse(app, &what, &r)),
+            }
+        }
+        HeaderVerdict::Refused(r) => Err(refuse(app, &what, &r)),
     }
+}
+
+async fn alerts(State(app): State<Arc<App>>, req: Request) -> Response {
+    let body = match admit(&app, req, Scope::Alerts).await {
+        Ok((_, body)) => body,
+        Err(r) => return r,
+    };
     if app.stopping.load(Ordering::SeqCst) {
         app.metrics.webhook("unavailable");
         return json_response(
@@ -626,7 +720,10 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+async fn metrics_text(State(app): State<Arc<App>>, req: Request) -> Response {
+    if let Err(r) = admit(&app, req, Scope::Metrics).await {
+        return r;
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -642,7 +739,10 @@ struct RunsQuery {
     limit: Option<usize>,
 }
 
-async fn runs(State(app): State<Arc<App>>, Query(q): Query<RunsQuery>) -> Response {
+async fn runs(State(app): State<Arc<App>>, Query(q): Query<RunsQuery>, req: Request) -> Response {
+    if let Err(r) = admit(&app, req, Scope::People).await {
+        return r;
+    }
     let limit = q.limit.unwrap_or(50).min(1000);
     let a = app.clone();
     let listed = tokio::task::spawn_blocking(move || a.store.runs(limit)).await;
@@ -679,7 +779,7 @@ async fn runs(State(app): State<Arc<App>>, Query(q): Query<RunsQuery>) -> Respon
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DecisionBody {
-    /// Who decides (default `serve (api)`).
+    /// Refused when present: the approver is the credential's owner, never what a body says.
     #[serde(default, rename = "as")]
     approver: Option<String>,
     /// A note kept with the decision.
@@ -690,88 +790,116 @@ struct DecisionBody {
 async fn approve(
     State(app): State<Arc<App>>,
     UrlPath((id, step)): UrlPath<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    req: Request,
 ) -> Response {
-    decide(app, id, step, &headers, &body, true).await
+    decide(app, id, step, req, true).await
 }
 
 async fn deny(
     State(app): State<Arc<App>>,
     UrlPath((id, step)): UrlPath<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    req: Request,
 ) -> Response {
-    decide(app, id, step, &headers, &body, false).await
+    decide(app, id, step, req, false).await
 }
 
-/// Record an approval or denial exactly like `runbook approve`/`deny` (via `serve`).
-async fn decide(
-    app: Arc<App>,
-    id: String,
-    step: String,
-    headers: &HeaderMap,
-    body: &[u8],
-    approve: bool,
-) -> Response {
+/// Record an approval or denial by the person the credential belongs to, for a step that waits
+/// for one now (404 for an unknown run or step, 409 for anything not waiting).
+async fn decide(app: Arc<App>, id: String, step: String, req: Request, approve: bool) -> Response {
     let what = format!(
         "POST /runs/{id}/steps/{step}/{}",
         if approve { "approve" } else { "deny" }
     );
-    if let Some(r) = refuse_unauthenticated(&app, headers, body, &what) {
-        return r;
-    }
+    let peer = req
+        .extensions()
+        .get::<listen::Peer>()
+        .map(|p| p.0.ip().to_string());
+    let (who, body) = match admit(&app, req, Scope::People).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Principal::Person {
+        name,
+        via: credential,
+    } = who
+    else {
+        // `admit` lets only people through for this scope.
+        return json_response(
+            StatusCode::FORBIDDEN,
+            &json!({ "error": "only a person may decide" }),
+        );
+    };
     let d: DecisionBody = if body.iter().all(u8::is_ascii_whitespace) {
         DecisionBody::default()
     } else {
-        match serde_json::from_slice(body) {
+        match serde_json::from_slice(&body) {
             Ok(d) => d,
             Err(e) => {
                 return json_response(
                     StatusCode::BAD_REQUEST,
-                    &json!({ "error": format!("failed to read the decision: {e} (expected {{\"as\": NAME, \"comment\": TEXT}})") }),
+                    &json!({ "error": format!("failed to read the decision: {e} (expected {{\"comment\": TEXT}})") }),
                 );
             }
         }
     };
+    if let Some(claimed) = &d.approver {
+        log(&format!(
+            "refused {what}: 400 the body names `{claimed}` as the approver; the credential is {name}'s"
+        ));
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({ "error": format!("`as` is not accepted: the approver is the owner of the credential ({name}); each person approves with their own token") }),
+        );
+    }
     let result = tokio::task::spawn_blocking(move || {
         let r = match app.store.run(&id) {
             Ok(Some(r)) => r,
             Ok(None) => return Err((StatusCode::NOT_FOUND, format!("failed to find run {id}"))),
             Err(e) => return Err((StatusCode::BAD_REQUEST, e.to_string())),
         };
-        let approver = d.approver.unwrap_or_else(|| "serve (api)".to_owned());
+        if let Err(e) = crate::exec::approval::check_waiting(app.store.as_ref(), &r, &step) {
+            use crate::exec::approval::NotWaiting;
+            let code = match &e {
+                NotWaiting::UnknownStep { .. } => StatusCode::NOT_FOUND,
+                NotWaiting::State { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                NotWaiting::Finished { .. } | NotWaiting::NotNow { .. } => StatusCode::CONFLICT,
+            };
+            return Err((code, chain(&e)));
+        }
         let decision = if approve { "approved" } else { "denied" };
         let input = crate::state::ApprovalInput {
             run_id: r.id.clone(),
             step: step.clone(),
-            approver: approver.clone(),
+            approver: name.clone(),
             decision: approve,
             via: "serve".to_owned(),
             comment: d.comment.clone(),
         };
         let audit = crate::state::AuditInput {
-            user: crate::exec::current_user(),
+            user: name.clone(),
             host: crate::exec::current_host(),
             run_id: Some(r.id.clone()),
             step: Some(step.clone()),
             action: "approval".to_owned(),
-            target: Some(approver.clone()),
+            target: Some(name.clone()),
             outcome: decision.to_owned(),
-            detail: json!({ "via": "serve", "comment": d.comment }),
+            detail: json!({ "via": "serve", "credential": credential, "peer": peer, "comment": d.comment }),
         };
         app.store
             .add_approval(&input, &audit)
-            .map(|()| json!({ "run_id": r.id, "step": step, "decision": decision, "approver": approver }))
+            .map(|()| json!({ "run_id": r.id, "step": step, "decision": decision, "approver": name }))
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     })
     .await;
     match result {
         Ok(Ok(v)) => {
-            log(&format!("{what}: {}", v["decision"]));
+            log(&format!("{what}: {} by {}", v["decision"], v["approver"]));
             json_response(StatusCode::OK, &v)
         }
-        Ok(Err((code, why))) => json_response(code, &json!({ "error": why })),
+        Ok(Err((code, why))) => {
+            log(&format!("refused {what}: {} {why}", code.as_u16()));
+            json_response(code, &json!({ "error": why }))
+        }
         Err(e) => json_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             &json!({ "error": e.to_string() }),

@@ -35,22 +35,98 @@ pub struct TriggersFile {
     /// Most runs executing at once, over every trigger (default 4); more are refused (429).
     #[serde(default)]
     pub max_runs: Option<Spanned<u32>>,
+    /// Connection and request limits of the HTTP server (defaults suit a LAN webhook).
+    #[serde(default)]
+    pub limits: Option<Spanned<Limits>>,
     /// The triggers; every firing alert is matched against each, in order, and starts the runbook
     /// of the first that matches.
     pub triggers: Vec<Spanned<Trigger>>,
 }
 
-/// Authentication of requests: a bearer token, an HMAC signature, or either.
+/// Authentication of requests. The webhook credential (`bearer` and/or `hmac`) may only
+/// `POST /alerts` (and read `/metrics`, for the bearer token); people (`approvers`, or a
+/// `trusted_proxy`) list runs and approve or deny; `metrics_token` only reads `/metrics`.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// `Authorization: Bearer <token>` with this secret (Alertmanager's
-    /// `http_config.authorization.credentials`).
+    /// The webhook's `Authorization: Bearer <token>` (Alertmanager's
+    /// `http_config.authorization.credentials`): starts runs, never approves.
     #[serde(default)]
     pub bearer: Option<Spanned<SecretSource>>,
-    /// An HMAC-SHA256 of the raw body with this secret, in a header as `sha256=<hex>`.
+    /// The webhook's signed requests: an HMAC-SHA256 over method, path, timestamp, nonce and
+    /// body (see the README); starts runs, never approves.
     #[serde(default)]
     pub hmac: Option<Spanned<HmacConfig>>,
+    /// A token that may only read `/metrics` (a Prometheus scrape's `authorization`).
+    #[serde(default)]
+    pub metrics_token: Option<Spanned<SecretSource>>,
+    /// People who may list runs and approve or deny steps, each with their own bearer token,
+    /// stored as its SHA-256: the approver recorded is the token's owner.
+    #[serde(default)]
+    pub approvers: Vec<Spanned<PersonToken>>,
+    /// An authenticating reverse proxy whose identity header names the person (off by
+    /// default): only requests from `from` are believed.
+    #[serde(default)]
+    pub trusted_proxy: Option<Spanned<TrustedProxy>>,
+}
+
+/// A person's token, hashed at rest.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PersonToken {
+    /// Who: recorded as the approver and matched against a step's `approvers:` (use the
+    /// person's account name, so that CLI and HTTP approvals count as one person).
+    pub name: Spanned<String>,
+    /// Lowercase hex SHA-256 of the token (`printf %s "$TOKEN" | sha256sum`).
+    pub token_sha256: Spanned<String>,
+}
+
+/// A reverse proxy that authenticates people and passes their name in a header.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedProxy {
+    /// The header carrying the authenticated name, e.g. `X-Forwarded-User`.
+    pub header: Spanned<String>,
+    /// Networks the proxy connects from (`127.0.0.1/32`, `10.1.2.0/24`); the header of any
+    /// other peer is ignored.
+    pub from: Vec<Spanned<String>>,
+}
+
+/// Limits of the HTTP server.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Most open connections (default 256); more are answered 503 and closed.
+    #[serde(default)]
+    pub connections: Option<Spanned<u32>>,
+    /// Longest wait for a request's headers, including between requests of a kept-alive
+    /// connection (default `10s`): a silent or trickling client is disconnected.
+    #[serde(default)]
+    pub header_timeout: Option<Spanned<DurationText>>,
+    /// Longest time to receive an authenticated request's body (default `30s`): 408 after.
+    #[serde(default)]
+    pub body_timeout: Option<Spanned<DurationText>>,
+}
+
+/// [`Limits`] with defaults applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadyLimits {
+    /// Most open connections.
+    pub connections: u32,
+    /// Header (and idle) timeout.
+    pub header_timeout: Duration,
+    /// Body timeout.
+    pub body_timeout: Duration,
+}
+
+impl Default for ReadyLimits {
+    fn default() -> Self {
+        Self {
+            connections: 256,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// HMAC signature settings.
@@ -59,7 +135,8 @@ pub struct AuthConfig {
 pub struct HmacConfig {
     /// The shared key.
     pub secret: SecretSource,
-    /// The header carrying `sha256=<hex>` (default `X-Runbook-Signature`).
+    /// The header carrying `sha256=<hex>` (default `X-Runbook-Signature`); the timestamp and
+    /// nonce travel in `X-Runbook-Timestamp` and `X-Runbook-Nonce`.
     #[serde(default)]
     pub header: Option<String>,
 }
@@ -172,6 +249,8 @@ pub struct Triggers {
     pub auth: AuthConfig,
     /// Concurrency limit.
     pub max_runs: u32,
+    /// HTTP limits.
+    pub limits: ReadyLimits,
     /// The triggers, in file order.
     pub triggers: Vec<Ready>,
 }
@@ -199,17 +278,170 @@ pub fn load(path: &Path) -> Result<Triggers, (SourceFile, Vec<Diagnostic>)> {
     };
     let mut diags = Vec::new();
     let triggers = check(path, &parsed, &mut diags);
+    check_people(&parsed.auth.value, &mut diags);
+    let limits = check_limits(parsed.limits.as_ref(), &mut diags);
     if diags.is_empty() {
         Ok(Triggers {
             path: path.to_path_buf(),
             auth: parsed.auth.value.clone(),
             max_runs: parsed.max_runs.map_or(DEFAULT_MAX_RUNS, |m| m.value),
+            limits,
             triggers,
         })
     } else {
         diags.sort_by_key(|d| d.span.map(|s| (s.line, s.column)));
         Err((file, diags))
     }
+}
+
+/// Person tokens are 64 hex digits and name distinct people; the proxy's header and networks
+/// parse.
+fn check_people(auth: &AuthConfig, diags: &mut Vec<Diagnostic>) {
+    let mut seen: BTreeMap<&str, Span> = BTreeMap::new();
+    let mut digests: BTreeMap<String, Span> = BTreeMap::new();
+    for p in &auth.approvers {
+        let p = &p.value;
+        let name = p.name.value.as_str();
+        if !valid_person(name) {
+            diags.push(
+                Diagnostic::new(
+                    "bad-approver-name",
+                    format!("approver name {name:?} is not a usable name"),
+                    p.name.span,
+                )
+                .with_help("use the person's account name: letters, digits, `.`, `_`, `-`, `@` (at most 64)"),
+            );
+        }
+        if let Some(first) = seen.get(name) {
+            diags.push(
+                Diagnostic::new(
+                    "duplicate-approver",
+                    format!("approver `{name}` is listed twice"),
+                    p.name.span,
+                )
+                .with_related(*first, "first listed here")
+                .with_help("give each person one entry; to rotate a token, replace its digest"),
+            );
+        } else {
+            seen.insert(name, p.name.span);
+        }
+        let hex = &p.token_sha256.value;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            diags.push(
+                Diagnostic::new(
+                    "bad-token-digest",
+                    format!("`token_sha256` of `{name}` is not a SHA-256 digest (64 hex digits)"),
+                    p.token_sha256.span,
+                )
+                .with_help("store the digest, never the token: `printf %s \"$TOKEN\" | sha256sum`"),
+            );
+        } else if let Some(first) = digests.get(&hex.to_ascii_lowercase()) {
+            diags.push(
+                Diagnostic::new(
+                    "shared-token",
+                    format!("`{name}` has the same token as another approver"),
+                    p.token_sha256.span,
+                )
+                .with_related(*first, "the same digest")
+                .with_help(
+                    "each person needs their own token: a shared one cannot say who approved",
+                ),
+            );
+        } else {
+            digests.insert(hex.to_ascii_lowercase(), p.token_sha256.span);
+        }
+    }
+    if let Some(proxy) = &auth.trusted_proxy {
+        let proxy = &proxy.value;
+        if axum::http::HeaderName::from_bytes(proxy.header.value.as_bytes()).is_err() {
+            diags.push(
+                Diagnostic::new(
+                    "bad-header",
+                    format!("`{}` is not a valid header name", proxy.header.value),
+                    proxy.header.span,
+                )
+                .with_help("e.g. `X-Forwarded-User`"),
+            );
+        }
+        if proxy.from.is_empty() {
+            diags.push(
+                Diagnostic::new(
+                    "proxy-from-empty",
+                    "`trusted_proxy.from` is empty: no proxy would be believed",
+                    proxy.header.span,
+                )
+                .with_help("list the proxy's address, e.g. `from: [127.0.0.1/32]`"),
+            );
+        }
+        for net in &proxy.from {
+            if parse_net(&net.value).is_none() {
+                diags.push(
+                    Diagnostic::new(
+                        "bad-network",
+                        format!("`{}` is not a network", net.value),
+                        net.span,
+                    )
+                    .with_help("an address with its prefix length: `127.0.0.1/32`, `10.0.0.0/8`, `::1/128`"),
+                );
+            }
+        }
+    }
+}
+
+/// Whether a person's name can be recorded and compared safely (no spaces, controls or
+/// look-alikes of the engine's own approvers such as `serve (trigger …)`).
+pub fn valid_person(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
+}
+
+/// A network `addr/prefix`, or a bare address (a single host).
+pub fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+fn check_limits(l: Option<&Spanned<Limits>>, diags: &mut Vec<Diagnostic>) -> ReadyLimits {
+    let mut out = ReadyLimits::default();
+    let Some(l) = l else {
+        return out;
+    };
+    let l = &l.value;
+    if let Some(c) = &l.connections {
+        if c.value == 0 {
+            diags.push(
+                Diagnostic::new(
+                    "connections-zero",
+                    "`limits.connections` is 0: no request could be served",
+                    c.span,
+                )
+                .with_help("give at least 1 (the default is 256)"),
+            );
+        }
+        out.connections = c.value;
+    }
+    let mut duration = |d: &Option<Spanned<DurationText>>, what: &str, into: &mut Duration| {
+        if let Some(d) = d {
+            match crate::duration::parse(&d.value.0) {
+                Ok(v) if !v.is_zero() => *into = v,
+                Ok(_) => diags.push(
+                    Diagnostic::new("timeout-zero", format!("`limits.{what}` is zero"), d.span)
+                        .with_help("a duration such as `10s`"),
+                ),
+                Err(e) => diags.push(
+                    Diagnostic::new("bad-duration", format!("`limits.{what}`: {e}"), d.span)
+                        .with_help("a duration such as `10s` or `1m`"),
+                ),
+            }
+        }
+    };
+    duration(&l.header_timeout, "header_timeout", &mut out.header_timeout);
+    duration(&l.body_timeout, "body_timeout", &mut out.body_timeout);
+    out
 }
 
 fn check(path: &Path, f: &TriggersFile, diags: &mut Vec<Diagnostic>) -> Vec<Ready> {

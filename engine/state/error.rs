@@ -163,4 +163,15 @@ pub enum StateError {
         /// Who holds it instead (boxed to keep `Result<_, StateError>` small).
         holder: Box<LockHolder>,
     },
+
+    /// The state directory or its database is writable by people other than its owner (or its
+    /// team, for a group-shared directory): anyone could rewrite runs, approvals and the audit
+    /// log, so it is refused rather than used.
+    #[error("refusing the state directory {}: {problem}", path.display())]
+    Insecure {
+        /// The directory or file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
 }

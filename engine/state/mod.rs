@@ -8,6 +8,7 @@
 
 mod audit;
 mod error;
+mod perms;
 mod sqlite;
 
 use std::ffi::OsString;

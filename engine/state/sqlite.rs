@@ -185,6 +185,8 @@ impl SqliteStore {
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         StateDir::ensure(dir)?;
         let path = StateDir::db_path(dir);
+        // Permissions first: a directory others may write to is refused before it is used.
+        super::perms::secure(dir, &path)?;
         let conn = Connection::open(&path).map_err(|e| open_error(&path, e))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| open_error(&path, e))?;

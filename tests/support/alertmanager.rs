@@ -178,17 +178,31 @@ pub fn alertmanager(webhook: &str, token: &str, repeat: &str) -> Option<Server> 
 /// (the YAML of a rule file) every second and sending alerts to `alertmanager` (`host:port`)
 /// without delay between re-sends.
 pub fn prometheus(targets: &[(&str, &str)], rules: &str, alertmanager: &str) -> Option<Server> {
+    let targets: Vec<(&str, &str, Option<&str>)> =
+        targets.iter().map(|(j, t)| (*j, *t, None)).collect();
+    prometheus_scraping(&targets, rules, alertmanager)
+}
+
+/// [`prometheus`] with a bearer token (`Authorization: Bearer`) per target, where given.
+pub fn prometheus_scraping(
+    targets: &[(&str, &str, Option<&str>)],
+    rules: &str,
+    alertmanager: &str,
+) -> Option<Server> {
     let Some(bin) = find("prometheus", "/usr/bin/prometheus") else {
         missing("prometheus", "prometheus");
         return None;
     };
     let dir = temp_dir("prom-alerting");
     let mut scrape = String::new();
-    for (job, target) in targets {
+    for (job, target, token) in targets {
         let _ = write!(
             scrape,
             "  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
         );
+        if let Some(t) = token {
+            let _ = write!(scrape, "    authorization:\n      credentials: '{t}'\n");
+        }
     }
     let config = format!(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
