@@ -475,7 +475,7 @@ impl SqliteStore {
                     report.approvals += 1;
                     match a.check() {
                         Ok(()) => {
-                            bound.insert((a.audit_seq.unwrap_or(0), a.id));
+                            bound.insert(a.id);
                         }
                         Err(reason) if report.bad_approval.is_none() => {
                             report.bad_approval = Some(BadApproval {
@@ -501,7 +501,7 @@ impl SqliteStore {
                 while let Some(row) = rows.next()? {
                     let seq: i64 = row.get(0)?;
                     let id: i64 = row.get(3)?;
-                    if report.bad_approval.is_none() && !bound.contains(&(seq, id)) {
+                    if report.bad_approval.is_none() && !bound.contains(&id) {
                         report.bad_approval = Some(BadApproval {
                             id,
                             run_id: row.get::<_, Option<String>>(1)?.unwrap_or_default(),
