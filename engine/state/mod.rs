@@ -138,8 +138,10 @@ pub trait Store: Send + Sync {
     /// [`StateError::LockNotOwned`] if another run holds it now, or a storage failure.
     fn release_lock(&self, name: &str, run_id: &str) -> Result<(), StateError>;
 
-    /// Forcibly release a lock (its holder died) and audit it in the same transaction. Returns
-    /// who held it. The audit entry's `detail` gains a `previous_holder` key when it is an
+    /// Forcibly release a lock, whoever holds it now, and audit it in the same transaction.
+    /// Returns who held it. Not for taking over a dead holder's lock: two processes that found
+    /// it dead would both break it (the second breaking the first's fresh lock); use
+    /// [`Store::take_over_lock`] for that. The audit entry's `detail` gains a `previous_holder` key when it is an
     /// object or null, so the trail says whose lock was broken.
     ///
     /// # Errors
