@@ -1090,6 +1090,12 @@ fn two_concurrent_resumes_of_a_crashed_run_never_both_proceed() {
         let mut bg = Bg::spawn(&state, &["exec", book, "-p", &dir, "--output", "json"]);
         let run_id = bg.run_id();
         bg.wait_event("command", Some("work"));
+        // The step's shell has started (so the crash interrupts it, not its start).
+        let deadline = Instant::now() + BG_LIMIT;
+        while lines_of(&out_dir.join("starts")).is_empty() {
+            assert!(Instant::now() < deadline, "the step never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         bg.crash();
         std::fs::write(out_dir.join("fast"), "").expect("make it fast");
         let resume = ["resume", run_id.as_str(), "--output", "json"];
