@@ -1078,4 +1078,24 @@ fn checkpoints_are_signed_every_n_entries_and_at_run_end() {
             .is_some_and(|p| p.contains("invalid signature")),
         "{auth:?}"
     );
+
+    // Signing on demand (`audit anchor`) never replaces a checkpoint it did not make.
+    store
+        .audit_append(&audit(Some(&id), "step.run", 200))
+        .expect("append");
+    raw.execute(
+        "INSERT INTO audit_checkpoints (seq, hash, at_ms, every, key_id, signature) \
+         VALUES (19, 'x', 0, 5, 'mallory', 'y')",
+        [],
+    )
+    .expect("forged checkpoint at the head");
+    assert!(store.checkpoint_now().is_err());
+    let kept: String = raw
+        .query_row(
+            "SELECT key_id FROM audit_checkpoints WHERE seq = 19",
+            [],
+            |r| r.get(0),
+        )
+        .expect("still there");
+    assert_eq!(kept, "mallory");
 }

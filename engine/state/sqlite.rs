@@ -422,9 +422,21 @@ impl SqliteStore {
                     return Ok(c);
                 }
                 let c = signer.sign(head_seq, &head_hash, now_ms());
-                conn.prepare_cached("DELETE FROM audit_checkpoints WHERE seq = ?1")?
-                    .execute([head_seq])?;
                 insert_checkpoint(conn, &c)?;
+                let stored: String = conn
+                    .prepare_cached("SELECT signature FROM audit_checkpoints WHERE seq = ?1")?
+                    .query_row([head_seq], |r| r.get(0))?;
+                // Another row at this seq is evidence (forged, or another key's): never replace
+                // it, let `verify --public-key` judge it.
+                if stored != c.signature {
+                    return Err(Fail::State(StateError::Decode {
+                        what: format!("the checkpoint of audit entry {head_seq}"),
+                        detail: "a checkpoint this key did not sign is stored there (forged, or \
+                                 signed with another key); check with `runbook audit verify \
+                                 --public-key`"
+                            .to_owned(),
+                    }));
+                }
                 Ok(c)
             },
         )
