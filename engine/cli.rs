@@ -22,6 +22,14 @@ pub struct Cli {
     /// `$XDG_STATE_HOME/runbook`, else `~/.local/state/runbook`).
     #[arg(long, global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The audit signing key (from `runbook audit keygen`; default: `$RUNBOOK_AUDIT_KEY`), kept
+    /// outside the state directory with mode 0600: checkpoints of the audit log are signed with it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub audit_key: Option<PathBuf>,
+    /// With an audit key: sign a checkpoint every N audit entries, and at every run end
+    /// (default: `$RUNBOOK_AUDIT_CHECKPOINT_EVERY`, else 100).
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub audit_checkpoint_every: Option<u64>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -67,8 +75,27 @@ pub struct ApprovalArgs {
 /// `runbook audit` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the whole hash chain; name the first bad entry (exit 7 on tampering).
-    Verify,
+    /// Check the whole hash chain and the approvals bound to it; with --public-key, also every
+    /// signed checkpoint; name the first bad entry (exit 7 on tampering).
+    Verify {
+        /// The audit public key (`KEY.pub` from `audit keygen`): proves the log was not
+        /// rewritten by anyone without the private key (repeat for rotated keys).
+        #[arg(long = "public-key", value_name = "FILE")]
+        public_key: Vec<PathBuf>,
+        /// A head recorded by a witness (a line of `audit anchor`, or SEQ:HASH): fail unless
+        /// the log still contains it (catches rollback and truncation).
+        #[arg(long, value_name = "HEAD")]
+        expect_head: Option<String>,
+    },
+    /// Generate an audit signing key: FILE (private, mode 0600) and FILE.pub (public).
+    Keygen {
+        /// Where to write the private key (outside the state directory).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print the latest signed head of the audit log as one JSON line for an external witness
+    /// (with an audit key, the current head is signed first).
+    Anchor,
     /// Print audit entries as JSON lines (for a SIEM).
     Export {
         /// Only this run.
@@ -276,6 +303,13 @@ pub fn main() -> u8 {
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> u8 {
+    match signing_config(&cli) {
+        Ok(config) => crate::state::signing::set_default(config),
+        Err(why) => {
+            eprintln!("error: {why}");
+            return exit::INVALID;
+        }
+    }
     let out = Output {
         format: cli.message_format,
         color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
@@ -372,6 +406,31 @@ pub fn run(cli: Cli) -> u8 {
         Command::Serve(args) => crate::cli_serve::serve(out, cli.state_dir.clone(), &args),
         Command::Drill { command } => crate::cli_drill::run(out, cli.state_dir.clone(), command),
     }
+}
+
+/// The audit key and checkpoint interval: the flags, else the environment (read here rather than
+/// by clap so that an empty variable counts as unset, like `RUNBOOK_STATE_DIR`).
+fn signing_config(cli: &Cli) -> Result<crate::state::SigningConfig, String> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let key = cli
+        .audit_key
+        .clone()
+        .or_else(|| var("RUNBOOK_AUDIT_KEY").map(PathBuf::from));
+    let every = match (cli.audit_checkpoint_every, var("RUNBOOK_AUDIT_CHECKPOINT_EVERY")) {
+        (Some(n), _) => n,
+        (None, Some(v)) => v
+            .to_str()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| {
+                format!(
+                    "RUNBOOK_AUDIT_CHECKPOINT_EVERY={} is not a whole number of entries (1 or more)",
+                    v.to_string_lossy()
+                )
+            })?,
+        (None, None) => crate::state::signing::DEFAULT_CHECKPOINT_EVERY,
+    };
+    Ok(crate::state::SigningConfig { key, every })
 }
 
 /// Where and how diagnostics go.

@@ -400,36 +400,25 @@ pub fn decide(dir: Option<PathBuf>, a: &ApprovalArgs, approve: bool) -> u8 {
     }
 }
 
-/// `runbook audit verify|export`.
+/// `runbook audit verify|export|keygen|anchor`.
 pub fn audit(dir: Option<PathBuf>, cmd: &AuditCommand) -> u8 {
-    let store = match open_store(dir) {
+    if let AuditCommand::Keygen { out } = cmd {
+        return keygen(dir, out);
+    }
+    let store = match SqliteStore::open(&StateDir::resolve(dir)) {
         Ok(s) => s,
-        Err(c) => return c,
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
+            return exit::STATE;
+        }
     };
     match cmd {
-        AuditCommand::Verify => match store.audit_verify() {
-            Ok(report) => match report.first_bad {
-                None => {
-                    outln!("audit log intact: {} entries verified", report.entries);
-                    exit::SUCCESS
-                }
-                Some(bad) => {
-                    eprintln!(
-                        "error: audit log verification failed at entry #{}: {}",
-                        bad.seq, bad.reason
-                    );
-                    eprintln!(
-                        "  {} entries checked; entries from #{} on cannot be trusted",
-                        report.entries, bad.seq
-                    );
-                    exit::TAMPERED
-                }
-            },
-            Err(e) => {
-                eprintln!("error: {}", chain(&e));
-                exit::STATE
-            }
-        },
+        AuditCommand::Verify {
+            public_key,
+            expect_head,
+        } => verify(&store, public_key, expect_head.as_deref()),
+        AuditCommand::Anchor => anchor(&store),
+        AuditCommand::Keygen { .. } => exit::INTERNAL,
         AuditCommand::Export { run, since } => {
             let since_ms = match since.as_deref().map(parse_since).transpose() {
                 Ok(s) => s,
@@ -452,6 +441,227 @@ pub fn audit(dir: Option<PathBuf>, cmd: &AuditCommand) -> u8 {
             }
         }
     }
+}
+
+/// `runbook audit keygen --out FILE`.
+fn keygen(dir: Option<PathBuf>, out: &std::path::Path) -> u8 {
+    let state = StateDir::resolve(dir);
+    // The key must not sit with the log it protects (the store refuses such a key anyway).
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| std::path::Path::new("."));
+    if let (Ok(p), Ok(s)) = (parent.canonicalize(), state.canonicalize())
+        && p.starts_with(&s)
+    {
+        eprintln!(
+            "error: refusing to write the audit key into the state directory {}: whoever can rewrite the log could then also sign it\n  help: choose a directory only the engine's user can read, e.g. --out /etc/runbook/audit.key",
+            s.display()
+        );
+        return exit::INVALID;
+    }
+    match crate::state::signing::generate_key(out) {
+        Ok(k) => {
+            out!("{}", k.key.to_pem());
+            eprintln!(
+                "wrote the private audit key {} (mode 0600) and its public key {} (key id {})",
+                k.private.display(),
+                k.public.display(),
+                k.key.key_id()
+            );
+            eprintln!(
+                "  next: export RUNBOOK_AUDIT_KEY={} for the engine; `runbook audit anchor` signs the current head; `runbook audit verify --public-key {}` checks it",
+                k.private.display(),
+                k.public.display()
+            );
+            exit::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
+            exit::INVALID
+        }
+    }
+}
+
+/// Report a chain that failed verification (exit 7).
+fn chain_failed(report: &crate::state::VerifyReport) -> Option<u8> {
+    if let Some(bad) = &report.first_bad {
+        eprintln!(
+            "error: audit log verification failed at entry #{}: {}",
+            bad.seq, bad.reason
+        );
+        eprintln!(
+            "  {} entries checked; entries from #{} on cannot be trusted",
+            report.entries, bad.seq
+        );
+        return Some(exit::TAMPERED);
+    }
+    if let Some(bad) = &report.bad_approval {
+        eprintln!(
+            "error: audit log verification failed at approval #{} (run {}, step `{}`): {}",
+            bad.id, bad.run_id, bad.step, bad.reason
+        );
+        eprintln!(
+            "  such a decision never counts: the engine only accepts approvals backed by their audit entry"
+        );
+        return Some(exit::TAMPERED);
+    }
+    None
+}
+
+/// `runbook audit verify [--public-key F]... [--expect-head H]`.
+fn verify(store: &SqliteStore, public_keys: &[PathBuf], expect_head: Option<&str>) -> u8 {
+    use crate::state::signing;
+    let expected = match expect_head
+        .map(str::parse::<signing::ExpectedHead>)
+        .transpose()
+    {
+        Ok(e) => e,
+        Err(why) => {
+            eprintln!("error: {why}");
+            return exit::INVALID;
+        }
+    };
+    let mut keys = Vec::new();
+    for path in public_keys {
+        match crate::state::AuditPublicKey::load(path) {
+            Ok(k) => keys.push(k),
+            Err(e) => {
+                eprintln!("error: {}", chain(&e));
+                return exit::INVALID;
+            }
+        }
+    }
+    // The engine's own key, when configured, vouches as well as its public half.
+    let own_key = keys.is_empty() && store.signer().is_some();
+    if let (true, Some(signer)) = (own_key, store.signer()) {
+        keys.push(signer.public_key());
+    }
+    let seqs: Vec<i64> = expected.iter().map(|e| e.seq).collect();
+    let report = match store.audit_verify_at(&seqs) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
+            return exit::STATE;
+        }
+    };
+    if let Some(code) = chain_failed(&report) {
+        return code;
+    }
+    let authenticity = (!keys.is_empty()).then(|| signing::authenticate(&report, &keys));
+    if let Some(problem) = authenticity.as_ref().and_then(|a| a.problem.as_deref()) {
+        eprintln!("error: audit log authentication failed: {problem}");
+        eprintln!(
+            "  {} entries checked; the hash chain is consistent, but it is not the log that was signed",
+            report.entries
+        );
+        return exit::TAMPERED;
+    }
+    if let Some(expected) = &expected
+        && let Err(why) = signing::check_expected_head(&report, expected, &keys)
+    {
+        eprintln!("error: audit log verification failed against the expected head: {why}");
+        return exit::TAMPERED;
+    }
+    outln!(
+        "audit log intact: {} entries verified, {} approval decision{} bound to them",
+        report.entries,
+        report.approvals,
+        if report.approvals == 1 { "" } else { "s" }
+    );
+    if let Some(a) = &authenticity {
+        let ids: Vec<&str> = keys
+            .iter()
+            .map(crate::state::AuditPublicKey::key_id)
+            .collect();
+        if let Some(last) = &a.last {
+            outln!(
+                "authentic: signed up to entry #{} ({} valid checkpoint{}, key {}{}); unsigned tail: {} entr{}",
+                last.seq,
+                a.valid,
+                if a.valid == 1 { "" } else { "s" },
+                ids.join(", "),
+                if own_key {
+                    ", the configured audit key"
+                } else {
+                    ""
+                },
+                a.unsigned_tail,
+                if a.unsigned_tail == 1 { "y" } else { "ies" }
+            );
+        } else {
+            outln!("authentic: the log is empty");
+        }
+        if a.unsigned_tail > 0 {
+            outln!(
+                "note: the unsigned tail is signed at the next run end (or `runbook audit anchor`); until then only an anchor (--expect-head) protects it"
+            );
+        }
+    } else {
+        outln!(
+            "note: this proves integrity, not authenticity: anyone who can write the state database can rewrite entries and recompute the whole chain; pass --public-key (see `runbook audit keygen`) to prove the log is the one that was signed"
+        );
+        if !report.checkpoints.is_empty() {
+            outln!(
+                "note: {} signed checkpoint{} stored, not checked without --public-key",
+                report.checkpoints.len(),
+                if report.checkpoints.len() == 1 {
+                    " is"
+                } else {
+                    "s are"
+                }
+            );
+        }
+    }
+    if let Some(e) = &expected {
+        outln!(
+            "expected head found: entry #{} has hash {}",
+            e.seq,
+            &e.hash[..16.min(e.hash.len())]
+        );
+    }
+    exit::SUCCESS
+}
+
+/// `runbook audit anchor`.
+fn anchor(store: &SqliteStore) -> u8 {
+    let report = match store.audit_verify() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
+            return exit::STATE;
+        }
+    };
+    // Never anchor (or sign) a log that does not verify: the witness would vouch for tampering.
+    if let Some(code) = chain_failed(&report) {
+        eprintln!("  refusing to anchor a log that does not verify");
+        return code;
+    }
+    let checkpoint = if store.signer().is_some() {
+        match store.checkpoint_now() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {}", chain(&e));
+                return exit::STATE;
+            }
+        }
+    } else {
+        let Some(c) = store.latest_checkpoint(&report) else {
+            eprintln!(
+                "error: the audit log has no signed checkpoint yet\n  help: configure an audit key (--audit-key FILE or RUNBOOK_AUDIT_KEY; `runbook audit keygen` makes one) and run `runbook audit anchor` again"
+            );
+            return exit::STATE;
+        };
+        c
+    };
+    outln!("{}", serde_json::to_string(&checkpoint).unwrap_or_default());
+    eprintln!(
+        "signed head: entry #{} of {} (signed {}); keep this line off this machine and check it later with `runbook audit verify --expect-head '<line>'`",
+        checkpoint.seq,
+        report.entries,
+        crate::clock::rfc3339(checkpoint.at_ms)
+    );
+    exit::SUCCESS
 }
 
 /// `--since`: milliseconds since the epoch, or a UTC date `YYYY-MM-DD`.

@@ -798,3 +798,304 @@ fn timing_report() {
         start.elapsed()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 14: lock takeover is a compare-and-swap; approvals are bound to the chain; checkpoints
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_dead_holders_lock_is_taken_over_by_exactly_one_contender() {
+    let dir = TempDir::new("takeover");
+    let store = SqliteStore::open(dir.path()).expect("open");
+    let dead = holder("run-dead");
+    store.acquire_lock("prod-db", &dead).expect("acquire");
+    let before = store.audit_verify().expect("verify").entries;
+
+    // Eight processes found the same dead holder and try to take the lock at once.
+    let barrier = std::sync::Barrier::new(8);
+    let results: Vec<Result<i64, StateError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let path = dir.path().to_owned();
+                let dead = dead.clone();
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let own = SqliteStore::open(&path).expect("open");
+                    barrier.wait();
+                    own.take_over_lock(
+                        "prod-db",
+                        &dead,
+                        &holder(&format!("run-{i}")),
+                        &audit(None, "lock.break", i),
+                    )
+                    .map(|g| g.token)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let won: Vec<usize> = (0..8).filter(|&i| results[i].is_ok()).collect();
+    assert_eq!(won.len(), 1, "{results:?}");
+    let winner = format!("run-{}", won[0]);
+    assert_eq!(results[won[0]].as_ref().ok(), Some(&2));
+    for r in &results {
+        if let Err(e) = r {
+            let StateError::LockTakenOver {
+                name,
+                dead: found,
+                current,
+                ..
+            } = e
+            else {
+                panic!("expected LockTakenOver, got {e:?}");
+            };
+            assert_eq!(name, "prod-db");
+            assert_eq!(**found, dead);
+            assert_eq!(
+                current.as_ref().map(|h| h.run_id.clone()),
+                Some(winner.clone())
+            );
+            assert!(e.to_string().contains(&winner), "{e}");
+        }
+    }
+    // One audit entry, naming the dead holder; the winner holds the lock.
+    let entries = store.audit_entries(None, None).expect("audit");
+    assert_eq!(entries.len() as u64, before + 1);
+    let entry = entries.last().expect("entry");
+    assert_eq!(entry.action, "lock.break");
+    assert_eq!(entry.detail["previous_holder"]["run_id"], json!("run-dead"));
+    match store.acquire_lock("prod-db", &holder("late")) {
+        Err(StateError::LockHeld { holder: h, .. }) => assert_eq!(h.run_id, winner),
+        other => panic!("expected LockHeld, got {other:?}"),
+    }
+
+    // Breaking on a stale observation is refused too, and changes nothing.
+    let stale = store.break_lock_if_held_by("prod-db", &dead, &audit(None, "lock.break", 9));
+    assert!(
+        matches!(stale, Err(StateError::LockTakenOver { .. })),
+        "{stale:?}"
+    );
+    store
+        .break_lock_if_held_by("prod-db", &holder(&winner), &audit(None, "lock.break", 10))
+        .expect("break the current holder");
+    let free = store.take_over_lock(
+        "prod-db",
+        &holder(&winner),
+        &holder("run-x"),
+        &audit(None, "lock.break", 11),
+    );
+    assert!(
+        matches!(&free, Err(StateError::LockTakenOver { current: None, .. })),
+        "{free:?}"
+    );
+    assert!(store.audit_verify().expect("verify").is_ok());
+}
+
+fn approval(run_id: &str, approver: &str, decision: bool) -> ApprovalInput {
+    ApprovalInput {
+        run_id: run_id.to_owned(),
+        step: "deploy".to_owned(),
+        approver: approver.to_owned(),
+        decision,
+        via: "cli".to_owned(),
+        comment: Some("checked the dashboard".to_owned()),
+    }
+}
+
+#[test]
+fn approvals_the_chain_does_not_back_never_count() {
+    let dir = TempDir::new("bound-approvals");
+    let store = SqliteStore::open(dir.path()).expect("open");
+    let id = new_run_id();
+    store.create_run(&new_run(&id)).expect("create");
+    store
+        .add_approval(
+            &approval(&id, "bob", true),
+            &audit(Some(&id), "approval", 0),
+        )
+        .expect("approve");
+    let entry = store
+        .audit_entries(Some(&id), None)
+        .expect("audit")
+        .pop()
+        .expect("entry");
+    assert_eq!(entry.detail["approval"]["approver"], json!("bob"));
+    assert_eq!(entry.detail["n"], json!(0), "the caller's detail is kept");
+
+    let raw = tamper(&dir);
+    raw.execute(
+        "INSERT INTO approvals (run_id, step, approver, decision, via, comment, at_ms) \
+         VALUES (?1, 'deploy', 'mallory', 1, 'cli', NULL, 1)",
+        [&id],
+    )
+    .expect("forge");
+    let seen = store.approvals(&id, "deploy").expect("approvals");
+    assert_eq!(
+        seen.iter().map(|a| a.approver.as_str()).collect::<Vec<_>>(),
+        ["bob"]
+    );
+    let report = store.audit_verify().expect("verify");
+    assert!(report.first_bad.is_none(), "{report:?}");
+    assert!(!report.is_ok());
+    let bad = report.bad_approval.expect("the forged row is reported");
+    assert_eq!((bad.id, bad.step.as_str()), (2, "deploy"));
+
+    // Bob's decision turned into a denial is not his decision any more.
+    raw.execute("DELETE FROM approvals WHERE approver = 'mallory'", [])
+        .expect("remove the forgery");
+    raw.execute("UPDATE approvals SET decision = 0", [])
+        .expect("flip the decision");
+    assert!(
+        store
+            .approvals(&id, "deploy")
+            .expect("approvals")
+            .is_empty()
+    );
+    assert!(store.audit_verify().expect("verify").bad_approval.is_some());
+}
+
+#[test]
+fn approvals_from_before_the_binding_are_bound_on_upgrade() {
+    let dir = TempDir::new("legacy-approvals");
+    let id = new_run_id();
+    {
+        let store = SqliteStore::open(dir.path()).expect("open");
+        store.create_run(&new_run(&id)).expect("create");
+        store
+            .add_approval(
+                &approval(&id, "bob", true),
+                &audit(Some(&id), "approval", 0),
+            )
+            .expect("approve");
+        store
+            .add_approval(
+                &approval(&id, "carol", false),
+                &audit(Some(&id), "approval", 1),
+            )
+            .expect("deny");
+    }
+    // Back to schema 1, as a database written by an older runbook.
+    let raw = Connection::open(dir.db()).expect("open raw");
+    raw.execute_batch(
+        "ALTER TABLE approvals DROP COLUMN audit_seq; ALTER TABLE approvals DROP COLUMN \
+         audit_hash; DROP TABLE audit_checkpoints; PRAGMA user_version = 1;",
+    )
+    .expect("downgrade");
+    drop(raw);
+
+    let store = SqliteStore::open(dir.path()).expect("upgrade");
+    let seen = store.approvals(&id, "deploy").expect("approvals");
+    assert_eq!(
+        seen.iter()
+            .map(|a| (a.approver.as_str(), a.decision))
+            .collect::<Vec<_>>(),
+        [("bob", true), ("carol", false)]
+    );
+    let bind = store
+        .audit_entries(None, None)
+        .expect("audit")
+        .pop()
+        .expect("entry");
+    assert_eq!(bind.action, "approvals.bind");
+    assert_eq!(bind.detail["approvals"].as_array().map(Vec::len), Some(2));
+    let report = store.audit_verify().expect("verify");
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.approvals, 2);
+}
+
+#[test]
+fn checkpoints_are_signed_every_n_entries_and_at_run_end() {
+    use runbook::state::signing;
+    let keys = TempDir::new("checkpoint-keys");
+    std::fs::create_dir_all(keys.path()).expect("key dir");
+    let generated = signing::generate_key(&keys.path().join("audit.key")).expect("keygen");
+    let dir = TempDir::new("checkpoints");
+    let signer =
+        runbook::state::AuditSigner::load(&generated.private, dir.path(), 5).expect("load the key");
+    let store = SqliteStore::open(dir.path())
+        .expect("open")
+        .with_signer(signer);
+    let id = new_run_id();
+    store.create_run(&new_run(&id)).expect("create");
+    for i in 0..12 {
+        store
+            .record(
+                &id,
+                &event("s", "step.started"),
+                Some(&audit(Some(&id), "step.run", i)),
+            )
+            .expect("record");
+    }
+    store
+        .finish_run(
+            &id,
+            RunStatus::Succeeded,
+            &audit(Some(&id), "run.finish", 99),
+        )
+        .expect("finish");
+    let report = store.audit_verify().expect("verify");
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(
+        report.checkpoints.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        [5, 10, 13]
+    );
+    let auth = signing::authenticate(&report, std::slice::from_ref(&generated.key));
+    assert_eq!(auth.problem, None);
+    assert_eq!((auth.valid, auth.unsigned_tail), (3, 0));
+
+    // Another key does not vouch for them.
+    let other = signing::generate_key(&keys.path().join("other.key")).expect("keygen");
+    let auth = signing::authenticate(&report, std::slice::from_ref(&other.key));
+    assert!(
+        auth.problem
+            .as_deref()
+            .is_some_and(|p| p.contains("not one of the given public keys")),
+        "{auth:?}"
+    );
+
+    // A fake checkpoint row far ahead does not stop the next real one, and is reported.
+    let raw = tamper(&dir);
+    raw.execute(
+        "INSERT INTO audit_checkpoints (seq, hash, at_ms, every, key_id, signature) \
+         VALUES (1000, 'x', 0, 5, ?1, 'y')",
+        [generated.key.key_id()],
+    )
+    .expect("fake checkpoint");
+    for i in 0..5 {
+        store
+            .audit_append(&audit(Some(&id), "step.run", 100 + i))
+            .expect("append");
+    }
+    let report = store.audit_verify().expect("verify");
+    assert!(report.checkpoints.iter().any(|c| c.seq == 18), "{report:?}");
+    let auth = signing::authenticate(&report, std::slice::from_ref(&generated.key));
+    assert!(
+        auth.problem
+            .as_deref()
+            .is_some_and(|p| p.contains("invalid signature")),
+        "{auth:?}"
+    );
+
+    // Signing on demand (`audit anchor`) never replaces a checkpoint it did not make.
+    store
+        .audit_append(&audit(Some(&id), "step.run", 200))
+        .expect("append");
+    raw.execute(
+        "INSERT INTO audit_checkpoints (seq, hash, at_ms, every, key_id, signature) \
+         VALUES (19, 'x', 0, 5, 'mallory', 'y')",
+        [],
+    )
+    .expect("forged checkpoint at the head");
+    assert!(store.checkpoint_now().is_err());
+    let kept: String = raw
+        .query_row(
+            "SELECT key_id FROM audit_checkpoints WHERE seq = 19",
+            [],
+            |r| r.get(0),
+        )
+        .expect("still there");
+    assert_eq!(kept, "mallory");
+}

@@ -331,6 +331,26 @@ pub fn execute(launch: &Launch<'_>) -> Result<Outcome, ExecError> {
                 &host,
             )?;
             lock = Some((name, grant.token));
+            // Holding the lock, a resume checks that nobody continued the run since it read the
+            // journal (another resume that finished and released the lock in between).
+            if let Some((_, from)) = &launch.resume {
+                let seen = from.events.len();
+                let changed = match store.events(&run_id) {
+                    Ok(now) if now.len() == seen => None,
+                    Ok(now) => Some(crate::state::StateError::RunChanged {
+                        run_id: run_id.clone(),
+                        seen,
+                        now: now.len(),
+                    }),
+                    Err(e) => Some(e),
+                };
+                if let Some(e) = changed {
+                    if let Some((name, _)) = &lock {
+                        let _ = store.release_lock(name, &run_id);
+                    }
+                    return Err(e.into());
+                }
+            }
             let created = if launch.resume.is_none() {
                 store
                     .create_run(&crate::state::NewRun {
@@ -463,8 +483,22 @@ fn acquire(
                     outcome: "broken".to_owned(),
                     detail: serde_json::json!({ "previous_holder": held }),
                 };
-                store.break_lock(name, &audit)?;
-                return Ok(store.acquire_lock(name, holder)?);
+                // Compare-and-swap on the holder found dead: of two resumes (or breakers) that
+                // saw it, only one takes the lock; the other is refused naming the winner.
+                return match store.take_over_lock(name, &held, holder, &audit) {
+                    Ok(g) => Ok(g),
+                    Err(crate::state::StateError::LockTakenOver {
+                        current: Some(now),
+                        since_ms: Some(since_ms),
+                        ..
+                    }) => Err(ExecError::LockHeld {
+                        name: name.to_owned(),
+                        holder_dead: now.host == holder.host && !pid_alive(now.pid),
+                        holder: now,
+                        since_ms,
+                    }),
+                    Err(e) => Err(ExecError::State(e)),
+                };
             }
             Err(ExecError::LockHeld {
                 name: name.to_owned(),

@@ -207,6 +207,16 @@ impl Store for Tracked {
     fn break_lock(&self, name: &str, audit: &AuditInput) -> Result<Option<LockHolder>, StateError> {
         self.inner.break_lock(name, audit)
     }
+    // `take_over_lock` keeps the trait's composition, so the takeover goes through
+    // `acquire_lock` above (and takes the alert lock too).
+    fn break_lock_if_held_by(
+        &self,
+        name: &str,
+        dead: &LockHolder,
+        audit: &AuditInput,
+    ) -> Result<(), StateError> {
+        self.inner.break_lock_if_held_by(name, dead, audit)
+    }
     fn audit_append(&self, audit: &AuditInput) -> Result<i64, StateError> {
         self.inner.audit_append(audit)
     }

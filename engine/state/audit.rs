@@ -19,6 +19,8 @@
 //! `detail` is hashed as the exact JSON text stored, so verification never re-serializes JSON and
 //! does not depend on `serde_json`'s map ordering.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use sha2::{Digest, Sha256};
 
 use super::{BadEntry, VerifyReport};
@@ -124,15 +126,35 @@ pub(crate) struct Verifier {
     last_seq: i64,
     prev: [u8; 32],
     first_bad: Option<BadEntry>,
+    /// Seqs whose verified hash the caller wants (checkpoints, an expected head).
+    wanted: BTreeSet<i64>,
+    hashes: BTreeMap<i64, String>,
 }
 
 impl Verifier {
     pub(crate) fn new() -> Self {
+        Self::wanting(BTreeSet::new())
+    }
+
+    /// A verifier that also reports the verified hash of each of `wanted`'s entries.
+    pub(crate) fn wanting(wanted: BTreeSet<i64>) -> Self {
         Self {
             entries: 0,
             last_seq: 0,
             prev: [0u8; 32],
             first_bad: None,
+            wanted,
+            hashes: BTreeMap::new(),
+        }
+    }
+
+    /// A verifier for the entries after `seq`, whose hash is `prev` (the rest of a chain that
+    /// was checked up to there, e.g. by a checkpoint).
+    pub(crate) fn starting_after(seq: i64, prev: [u8; 32]) -> Self {
+        Self {
+            last_seq: seq,
+            prev,
+            ..Self::new()
         }
     }
 
@@ -220,6 +242,9 @@ impl Verifier {
         }
         self.prev = computed;
         self.last_seq = c.seq;
+        if self.wanted.contains(&c.seq) {
+            self.hashes.insert(c.seq, hex_string(&computed));
+        }
     }
 
     /// Compare the end of the chain with the head record (`None` if the head row is missing)
@@ -260,7 +285,10 @@ impl Verifier {
         }
         VerifyReport {
             entries: self.entries,
+            head: (self.last_seq > 0).then(|| (self.last_seq, hex_string(&self.prev))),
+            hashes: self.hashes,
             first_bad: self.first_bad,
+            ..VerifyReport::default()
         }
     }
 }

@@ -174,4 +174,54 @@ pub enum StateError {
         /// What is wrong and how to fix it.
         problem: String,
     },
+
+    /// Another process broke or took the lock between the moment this one found its holder
+    /// dead and the takeover (compare-and-swap on the holder failed); nothing was changed.
+    #[error(
+        "failed to take over lock {name:?} from run {} (pid {}): {}",
+        dead.run_id,
+        dead.pid,
+        match current {
+            Some(h) => format!(
+                "run {} ({}@{}, pid {}) took it over first",
+                h.run_id, h.user, h.host, h.pid
+            ),
+            None => "someone else broke it first and it is free now; retry".to_owned(),
+        }
+    )]
+    LockTakenOver {
+        /// The lock name.
+        name: String,
+        /// The holder this process found dead.
+        dead: Box<LockHolder>,
+        /// Who holds it now, if anyone.
+        current: Option<Box<LockHolder>>,
+        /// Since when the current holder holds it (milliseconds since the Unix epoch).
+        since_ms: Option<i64>,
+    },
+
+    /// A resume read the run's journal, then found it changed once it held the lock: another
+    /// process resumed (or ran) it in between. Continuing would act on a stale view.
+    #[error(
+        "failed to resume run {run_id}: its journal changed while this resume waited for the lock \
+         ({seen} events read, {now} now): another process resumed it; see `runbook show {run_id}`"
+    )]
+    RunChanged {
+        /// The run.
+        run_id: String,
+        /// How many journal events the resume had read.
+        seen: usize,
+        /// How many there are now.
+        now: usize,
+    },
+
+    /// The audit key is missing, unreadable, malformed, too widely readable, or kept inside the
+    /// state directory.
+    #[error("failed to use the audit key {}: {reason}", path.display())]
+    AuditKey {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
 }

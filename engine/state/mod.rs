@@ -1,5 +1,6 @@
 //! Durable state: the [`Store`] trait and its data types (runs, journal events, captured logs,
-//! approvals, locks, the hash-chained audit log), plus where the state lives ([`StateDir`]).
+//! approvals, locks, the hash-chained and signed audit log), plus where the state lives
+//! ([`StateDir`]).
 //!
 //! The engine writes a transition here *before* acting on it, so a crash at any point leaves a
 //! journal it can resume from, and every consequential action leaves a tamper-evident audit
@@ -9,8 +10,10 @@
 mod audit;
 mod error;
 mod perms;
+pub mod signing;
 mod sqlite;
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -22,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use audit::GENESIS_HASH;
 pub use error::StateError;
+pub use signing::{AuditPublicKey, AuditSigner, Checkpoint, SigningConfig};
 pub use sqlite::SqliteStore;
 
 /// Durable storage for runs, their journal, captured output, approvals, locks and the audit log.
@@ -135,13 +139,48 @@ pub trait Store: Send + Sync {
     /// [`StateError::LockNotOwned`] if another run holds it now, or a storage failure.
     fn release_lock(&self, name: &str, run_id: &str) -> Result<(), StateError>;
 
-    /// Forcibly release a lock (its holder died) and audit it in the same transaction. Returns
-    /// who held it. The audit entry's `detail` gains a `previous_holder` key when it is an
+    /// Forcibly release a lock, whoever holds it now, and audit it in the same transaction.
+    /// Returns who held it. Not for taking over a dead holder's lock: two processes that found
+    /// it dead would both break it (the second breaking the first's fresh lock); use
+    /// [`Store::take_over_lock`] for that. The audit entry's `detail` gains a `previous_holder` key when it is an
     /// object or null, so the trail says whose lock was broken.
     ///
     /// # Errors
     /// A storage failure.
     fn break_lock(&self, name: &str, audit: &AuditInput) -> Result<Option<LockHolder>, StateError>;
+
+    /// Break a lock only if `dead` still holds it (compare-and-swap on the holder found dead),
+    /// and audit it in the same transaction, the entry's `detail` gaining `previous_holder`.
+    /// Of several processes that found the same dead holder, exactly one succeeds.
+    ///
+    /// # Errors
+    /// [`StateError::LockTakenOver`] naming the current holder (or saying the lock is free) if
+    /// anyone else broke or took it since, or a storage failure; nothing is written then.
+    fn break_lock_if_held_by(
+        &self,
+        name: &str,
+        dead: &LockHolder,
+        audit: &AuditInput,
+    ) -> Result<(), StateError>;
+
+    /// Take over a lock from the holder found dead: [`Store::break_lock_if_held_by`] then
+    /// [`Store::acquire_lock`]. Backends override it to do both in one transaction; wrappers
+    /// may keep this composition (it is just as exclusive: only one breaker gets past the
+    /// first step, and the second refuses anyone who took the free lock in between).
+    ///
+    /// # Errors
+    /// [`StateError::LockTakenOver`] or [`StateError::LockHeld`] naming who has it now, or a
+    /// storage failure.
+    fn take_over_lock(
+        &self,
+        name: &str,
+        dead: &LockHolder,
+        holder: &LockHolder,
+        audit: &AuditInput,
+    ) -> Result<LockGrant, StateError> {
+        self.break_lock_if_held_by(name, dead, audit)?;
+        self.acquire_lock(name, holder)
+    }
 
     /// Append a standalone audit entry; returns its seq.
     ///
@@ -444,21 +483,47 @@ pub struct AuditEntry {
     pub hash: String,
 }
 
-/// The result of walking the audit chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The result of walking the audit chain (and checking the approvals bound to it).
+///
+/// Signatures are not checked here (that needs the public keys): see
+/// [`signing::authenticate`], which uses `hashes` and `checkpoints`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {
     /// How many entries are stored.
     pub entries: u64,
     /// The first problem found, if any.
     pub first_bad: Option<BadEntry>,
+    /// The last entry that verified: its seq and hash (`None` for an empty log).
+    pub head: Option<(i64, String)>,
+    /// The verified hash of every entry a stored checkpoint (or the caller) names.
+    pub hashes: BTreeMap<i64, String>,
+    /// The stored checkpoints, oldest first, as found (not yet authenticated).
+    pub checkpoints: Vec<Checkpoint>,
+    /// How many approval decisions were checked against their audit entries.
+    pub approvals: u64,
+    /// The first approval decision that its audit entry does not back, if any.
+    pub bad_approval: Option<BadApproval>,
 }
 
 impl VerifyReport {
-    /// Whether the chain is intact.
+    /// Whether the chain is intact and every approval decision is bound to it.
     #[must_use]
     pub fn is_ok(&self) -> bool {
-        self.first_bad.is_none()
+        self.first_bad.is_none() && self.bad_approval.is_none()
     }
+}
+
+/// An approval decision (a row the engine counts) that the audit chain does not back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadApproval {
+    /// The row's id in the approvals table.
+    pub id: i64,
+    /// The run it claims to decide for.
+    pub run_id: String,
+    /// The step it claims to decide.
+    pub step: String,
+    /// What is wrong, in a sentence.
+    pub reason: String,
 }
 
 /// Where and why the audit chain breaks.
