@@ -42,6 +42,11 @@ impl Masker {
         out
     }
 
+    /// The values masked (handed to a step's supervisor, which masks what it journals).
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.secrets.iter().map(String::as_str)
+    }
+
     /// Whether there is anything to mask.
     pub fn is_empty(&self) -> bool {
         self.secrets.is_empty()

@@ -1020,6 +1020,10 @@ impl Store for SqliteStore {
         )
     }
 
+    fn location(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+
     fn audit_verify(&self) -> Result<VerifyReport, StateError> {
         let conn = self.conn();
         let result = (|| {
