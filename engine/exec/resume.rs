@@ -136,8 +136,14 @@ pub(super) fn read(c: &Compiled, events: &[EventRecord], prefix: &str) -> Journa
                 started_ms.entry(i).or_insert(e.at_ms);
                 j.done.remove(&i);
                 j.in_flight.insert(i);
+                // An action's command is journaled with its `step_started`; a `command` on its
+                // own is a check's (a gate re-checked on resume, a precondition): it does not
+                // start an attempt of the action.
+                if e.kind == "command" {
+                    continue;
+                }
                 j.failed_after_acting.remove(&i);
-                let commanded = e.kind == "command" || d["command"].is_string();
+                let commanded = d["command"].is_string();
                 if e.kind == "step_started" {
                     j.process.insert(
                         i,
