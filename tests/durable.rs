@@ -2085,6 +2085,35 @@ fn an_approval_guarded_by_when_cannot_gate_an_irreversible_step() {
     let exec = cli(&state, &["exec", &file, "--yes", "--output", "json"]).run();
     exec.assert_code(2);
     assert!(exec.of("step_started").is_empty(), "{}", exec.dump());
+
+    // Guarded exactly like its approval, the irreversible step runs only when it is approved.
+    let dir = TempDir::new("guarded-same");
+    let shared = dir.write(
+        "shared-guard.yaml",
+        &std::fs::read_to_string(&file).expect("fixture").replace(
+            "    irreversible: true\n",
+            "    irreversible: true\n    when: params.env == \"prod\"\n",
+        ),
+    );
+    let shared = shared.to_str().expect("utf-8");
+    cli(&state, &["validate", shared]).run().assert_code(0);
+    let staging = cli(&state, &["exec", shared, "--output", "json"]).run();
+    staging.assert_code(0);
+    assert!(staging.of("command").is_empty(), "{}", staging.dump());
+    let prod = cli(
+        &state,
+        &[
+            "exec", shared, "-p", "env=prod", "--yes", "--output", "json",
+        ],
+    )
+    .run();
+    prod.assert_code(0);
+    assert_eq!(
+        prod.of_step("command", "cutover").len(),
+        1,
+        "{}",
+        prod.dump()
+    );
 }
 
 /// An approval skipped at run time (its upstream failed with `continue_on_failure`) does not
@@ -2108,7 +2137,11 @@ fn an_irreversible_step_whose_approval_was_skipped_is_blocked() {
     .run();
     assert_no_panic(&out);
     out.assert_code(4);
-    assert!(lines_of(&out_dir.join("lines")).is_empty(), "{}", out.dump());
+    assert!(
+        lines_of(&out_dir.join("lines")).is_empty(),
+        "{}",
+        out.dump()
+    );
     assert!(
         out.of_step("command", "cutover").is_empty(),
         "{}",
@@ -2211,7 +2244,11 @@ fn a_step_that_finished_after_the_engine_died_continues_without_a_question() {
     assert_eq!(lines_of(&lines), ["start", "end", "after"]);
     // The journal names the process: pid, start time, host, boot.
     let events = cli(&state, &["show", &run_id]).run();
-    assert!(events.stdout.contains("process_started"), "{}", events.dump());
+    assert!(
+        events.stdout.contains("process_started"),
+        "{}",
+        events.dump()
+    );
     assert_audit_intact(&state);
 }
 

@@ -243,7 +243,7 @@ async fn dag(
                     k = 0;
                     continue;
                 }
-                if let Some(reason) = missing_approval(c, ends, i) {
+                if let Some(reason) = missing_approval(c, ends, i, state) {
                     shared.emit(&Event::StepAborted {
                         step: name(i),
                         reason: reason.clone(),
@@ -323,8 +323,19 @@ async fn dag(
 /// (each was skipped — e.g. after an upstream failure let the run go on). The compiler already
 /// refuses approvals guarded by `when:` as an irreversible step's only approval; this holds the
 /// line for every other way an approval can be skipped.
-fn missing_approval(c: &Compiled, ends: &BTreeMap<usize, StepEnd>, i: usize) -> Option<String> {
+fn missing_approval(
+    c: &Compiled,
+    ends: &BTreeMap<usize, StepEnd>,
+    i: usize,
+    state: &TemplateState,
+) -> Option<String> {
     if !c.steps[i].irreversible || c.runbook.unattended || i >= c.main_count {
+        return None;
+    }
+    // Its own guard false: it is skipped anyway (an approval guarded like it was skipped too).
+    if let Some(w) = &c.step(i).when
+        && state.renderer().eval(&w.value).is_ok_and(|v| !v.is_true())
+    {
         return None;
     }
     let approvals: Vec<usize> = c
