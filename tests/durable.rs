@@ -2366,7 +2366,7 @@ fn orphan_chain(dir: &TempDir) -> PathBuf {
         let _ = writeln!(
             y,
             "    run: \"echo {id} >> {{{{ params.dir }}}}/effects; sleep 0.0{}\"",
-            i % 3 + 1
+            i % 2 + 1
         );
     }
     dir.write("orphan-chain.yaml", &y)
