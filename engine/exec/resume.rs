@@ -103,6 +103,10 @@ pub(super) struct ProcessTrace {
 pub(super) fn read(c: &Compiled, events: &[EventRecord], prefix: &str) -> Journaled {
     let mut j = Journaled::default();
     let mut started_ms: BTreeMap<usize, i64> = BTreeMap::new();
+    // Only a journal that says so tells "never started" from "no record": a run journaled
+    // before steps were supervised has no supervisor records at all.
+    let supervised = events.iter().any(|e| e.kind == super::supervise::MARK);
+    let is_shell = |i: usize| supervised && c.step(i).run.is_some();
     // Steps whose action started (sticky: a later attempt that fails early does not undo it).
     let mut acted: BTreeSet<usize> = BTreeSet::new();
     for e in events {
@@ -149,7 +153,7 @@ pub(super) fn read(c: &Compiled, events: &[EventRecord], prefix: &str) -> Journa
                         i,
                         ProcessTrace {
                             attempt,
-                            supervised: c.step(i).run.is_some(),
+                            supervised: is_shell(i),
                             ..ProcessTrace::default()
                         },
                     );
@@ -158,7 +162,7 @@ pub(super) fn read(c: &Compiled, events: &[EventRecord], prefix: &str) -> Journa
                 if commanded {
                     acted.insert(i);
                     trace.commanded = true;
-                    trace.supervised = c.step(i).run.is_some();
+                    trace.supervised = is_shell(i);
                     trace.attempt = trace.attempt.max(attempt);
                 }
                 if e.kind == "retry" {

@@ -37,6 +37,7 @@ pub(super) async fn run(
             user: shared.user.clone(),
             host: shared.host.clone(),
         });
+        super::supervise::mark_journal(&shared);
     }
     let name = |i: usize| {
         if prefix.is_empty() {

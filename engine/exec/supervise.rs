@@ -28,6 +28,11 @@ pub const RUNNING: &str = "process_running";
 /// Journal kind: the step's shell ended (exit status and the tail of its output).
 pub const EXITED: &str = "process_exited";
 
+/// Journal kind, once per run: this run's shell steps are supervised (their supervisor is
+/// journaled before their shell may start), so a step journaled as starting without a
+/// supervisor record never ran. A journal written before supervision has no such record.
+pub const MARK: &str = "steps_supervised";
+
 /// Bytes of each stream's tail kept in the journal's exit record.
 pub const TAIL_LIMIT: usize = 64 * 1024;
 
@@ -487,6 +492,25 @@ fn journal_exit(args: &SuperviseArgs, data: &serde_json::Value) {
 // ---------------------------------------------------------------------------------------------
 // The engine's side
 // ---------------------------------------------------------------------------------------------
+
+/// Record that this run's shell steps are supervised (see [`MARK`]), when they are.
+pub(super) fn mark_journal(shared: &super::Shared) {
+    let Some(store) = &shared.store else {
+        return;
+    };
+    if store.location().is_none() {
+        return;
+    }
+    let event = crate::state::EventInput {
+        step: None,
+        kind: MARK.to_owned(),
+        attempt: None,
+        data: serde_json::json!({ "version": 1 }),
+    };
+    if let Err(e) = store.record(&shared.run_id, &event, None) {
+        tracing::warn!("failed to journal that steps are supervised: {e}");
+    }
+}
 
 /// Journal a record about the step's process (not an event the reporters show).
 fn journal(ctx: &ActionCtx, kind: &str, data: serde_json::Value) -> Result<(), String> {
