@@ -207,6 +207,10 @@ pub enum Command {
         /// Treat this in-flight step as done without running it (repeatable).
         #[arg(long, value_name = "STEP")]
         skip: Vec<String>,
+        /// Kill the still-running process of this in-flight step (its supervisor outlived the
+        /// engine), then decide about it as about any step in flight (repeatable).
+        #[arg(long, value_name = "STEP")]
+        kill_running: Vec<String>,
         /// Resume although the runbook file changed since the run started (recorded).
         #[arg(long)]
         allow_changed: bool,
@@ -283,6 +287,29 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::cli_drill::DrillCommand,
     },
+    /// Internal: run a step's shell under a supervisor that outlives the engine (started by
+    /// the engine itself, never by hand).
+    #[command(name = "__supervise", hide = true)]
+    Supervise {
+        /// The state database to journal the outcome into when the engine is gone.
+        #[arg(long, value_name = "FILE")]
+        db: PathBuf,
+        /// The run.
+        #[arg(long)]
+        run: String,
+        /// The step, as journaled.
+        #[arg(long)]
+        step: String,
+        /// The attempt.
+        #[arg(long)]
+        attempt: u32,
+        /// Working directory of the shell.
+        #[arg(long, value_name = "DIR")]
+        cwd: Option<PathBuf>,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Parse the command line and run the command.
@@ -315,6 +342,21 @@ pub fn run(cli: Cli) -> u8 {
         color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
     match cli.command {
+        Command::Supervise {
+            db,
+            run,
+            step,
+            attempt,
+            cwd,
+            command,
+        } => crate::exec::supervise::main(&crate::exec::supervise::SuperviseArgs {
+            db,
+            run,
+            step,
+            attempt,
+            cwd,
+            command,
+        }),
         Command::Validate { files } => validate(out, &files),
         Command::Plan {
             file,
@@ -347,6 +389,7 @@ pub fn run(cli: Cli) -> u8 {
             run_id,
             rerun,
             skip,
+            kill_running,
             allow_changed,
             params,
             run,
@@ -357,6 +400,10 @@ pub fn run(cli: Cli) -> u8 {
             }
             for s in skip {
                 decisions.insert(s, crate::exec::Decision::Skip);
+            }
+            for s in kill_running {
+                let d = decisions.get(&s).copied();
+                decisions.insert(s, crate::exec::Decision::kill_then(d));
             }
             crate::cli_state::resume(
                 out,

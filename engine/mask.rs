@@ -266,6 +266,11 @@ impl Masker {
         }
     }
 
+    /// Every form masked (handed to a step's supervisor, which masks what it journals).
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.forms.iter().map(String::as_str)
+    }
+
     /// Whether there is anything to mask.
     pub fn is_empty(&self) -> bool {
         self.forms.is_empty()

@@ -5,12 +5,15 @@
 //! Runbooks live in `tests/fixtures/durable`, except the crash test's, which is generated. Every
 //! test uses its own state directory and output directory.
 //!
-//! Processes left by a killed engine: shell steps run in their own process group, so `kill -9`
-//! of the engine leaves the step in flight running. [`Bg::crash`] first freezes the engine
-//! (`SIGSTOP`, so it cannot start another step), collects its descendants from `/proc`, kills
-//! the engine, then kills each direct child and its process group (the step's shell and
-//! everything it started), and waits until all of them are gone. After a crash, the output files
-//! are therefore final, and nothing the killed engine started can write after the resume begins.
+//! Processes left by a killed engine: a shell step runs under a supervisor (`runbook
+//! __supervise`, in its own process group) which runs the shell in a process group of its own,
+//! so `kill -9` of the engine leaves the step in flight running, and its supervisor journals how
+//! it ended. [`Bg::crash`] simulates the loss of the whole machine instead: it first freezes the
+//! engine and its descendants (`SIGSTOP`, so nothing can start anything more), kills the engine,
+//! then kills each descendant and its process group (the step's shell and everything it
+//! started), and waits until all of them are gone. After such a crash, the output files are
+//! final, and nothing the killed engine started can write after the resume begins. The tests of
+//! section 11 kill the engine alone and let its steps finish.
 
 mod support;
 
@@ -432,9 +435,21 @@ impl Bg {
     /// kill (a run may finish between "still running?" and the signal).
     fn crash_unless_finished(self) -> Crash {
         let pid = self.pid();
-        // Frozen, the engine cannot start another step between the scan and the kill.
+        // Frozen, the engine cannot start another step between the scan and the kill; its
+        // steps' supervisors are frozen too (a supervisor told to go may be about to start its
+        // shell), until a scan finds nothing new.
         signal("STOP", &pid.to_string());
-        let victims = descendants(pid);
+        let mut victims = descendants(pid);
+        loop {
+            for v in &victims {
+                signal("STOP", &v.to_string());
+            }
+            let again = descendants(pid);
+            if again.iter().all(|v| victims.contains(v)) {
+                break;
+            }
+            victims = again;
+        }
         signal("KILL", &pid.to_string());
         for v in &victims {
             // The process first (so it cannot start anything more), then its group: a step's
@@ -630,6 +645,7 @@ struct CrashStats {
     with_steps_in_flight: usize,
     verified_on_resume: usize,
     rerun_on_resume: usize,
+    finished_while_down: usize,
     appended_twice: usize,
     step_processes_killed: usize,
 }
@@ -768,6 +784,14 @@ fn kill_9_at_random_moments_then_resume_completes_every_step_once() {
         for (id, decision) in &decided {
             let i: usize = id[1..].parse().expect("step number");
             let has_line = before.contains_key(id);
+            if decision == "finished" {
+                // Its shell ended and its supervisor journaled the exit before being killed:
+                // a known outcome, the step continues from it.
+                assert!(has_line, "{ctx}\n{id} finished without its line");
+                verified_done.insert(id.clone());
+                tally.finished_while_down += 1;
+                continue;
+            }
             let expected = if Flavour::of(i).verified() && has_line {
                 "done"
             } else {
@@ -1042,7 +1066,28 @@ fn resume_after_fixing_the_environment_continues_from_the_failed_step() {
     let run_id = run_id_of(&failed);
 
     out_dir.write("config.txt", "ready\n");
-    let resumed = cli(&state, &["resume", &run_id, "--output", "json"]).run();
+    // `needs-config` acted (its command ran) and is not idempotent: a bare resume does not
+    // guess whether it had its effect; the operator, who saw it fail, says to run it again.
+    let bare = cli(&state, &["resume", &run_id, "--output", "json"]).run();
+    bare.assert_code(6);
+    assert!(
+        bare.stderr.contains("--rerun needs-config"),
+        "{}",
+        bare.dump()
+    );
+    assert_eq!(lines_of(&lines), ["one", "two"]);
+    let resumed = cli(
+        &state,
+        &[
+            "resume",
+            &run_id,
+            "--rerun",
+            "needs-config",
+            "--output",
+            "json",
+        ],
+    )
+    .run();
     resumed.assert_code(0);
     for kept in ["one", "two"] {
         assert!(
@@ -1508,7 +1553,15 @@ fn resume_refuses_a_changed_runbook_unless_allowed() {
 
     let allowed = cli(
         &state,
-        &["resume", &run_id, "--allow-changed", "--output", "json"],
+        &[
+            "resume",
+            &run_id,
+            "--allow-changed",
+            "--rerun",
+            "needs-config",
+            "--output",
+            "json",
+        ],
     )
     .run();
     allowed.assert_code(0);
@@ -1535,9 +1588,18 @@ fn allow_changed_is_recorded_in_the_audit_log() {
     let out_dir = TempDir::new("changed-audit-out");
     let state = TempDir::new("changed-audit-state");
     let (run_id, _) = failed_then_edited(&out_dir, &state);
-    cli(&state, &["resume", &run_id, "--allow-changed"])
-        .run()
-        .assert_code(0);
+    cli(
+        &state,
+        &[
+            "resume",
+            &run_id,
+            "--allow-changed",
+            "--rerun",
+            "needs-config",
+        ],
+    )
+    .run()
+    .assert_code(0);
     let resumes: Vec<Value> = audit_export(&state, Some(&run_id))
         .into_iter()
         .filter(|e| e["action"] == "run.resume")
@@ -1808,4 +1870,639 @@ fn a_crash_inside_a_called_runbook_resumes_inside_it() {
     );
     assert_eq!(timeline(&state, &run_id).status, "succeeded");
     assert_audit_intact(&state);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. Irreversible means irreversible, also when it fails
+// ---------------------------------------------------------------------------------------------
+
+/// An irreversible step acted, then its health gate failed: a bare resume must not run it again
+/// (it did its effect); once the gate passes, the resume finds it "verified on resume".
+#[test]
+fn an_irreversible_step_whose_gate_failed_is_not_rerun_by_a_bare_resume() {
+    let out_dir = TempDir::new("failed-irrev-out");
+    let state = TempDir::new("failed-irrev-state");
+    let lines = out_dir.join("lines");
+    let first = cli(
+        &state,
+        &[
+            "exec",
+            &fixture("failed-irreversible.yaml"),
+            "-p",
+            &dir_param(&out_dir),
+            "--yes",
+            "--output",
+            "json",
+        ],
+    )
+    .run();
+    first.assert_code(1);
+    let run_id = run_id_of(&first);
+    assert_eq!(lines_of(&lines), ["cutover"], "{}", first.dump());
+
+    let bare = cli(&state, &["resume", &run_id, "--output", "json"]).run();
+    assert_no_panic(&bare);
+    bare.assert_code(6);
+    for needle in [
+        "--rerun cutover",
+        "--skip cutover",
+        "failed after its action started",
+        "irreversible",
+    ] {
+        assert!(
+            bare.stderr.contains(needle),
+            "the refusal does not say {needle:?}\n{}",
+            bare.dump()
+        );
+    }
+    assert!(bare.of("step_started").is_empty(), "{}", bare.dump());
+    assert_eq!(lines_of(&lines), ["cutover"]);
+
+    // The cut-over is healthy now: its gate vouches for it; it is not run again.
+    std::fs::write(out_dir.join("healthy"), "").expect("healthy");
+    let fixed = cli(&state, &["resume", &run_id, "--output", "json"]).run();
+    fixed.assert_code(0);
+    assert_eq!(
+        decisions(resumed_event(&fixed)),
+        BTreeMap::from([("cutover".to_owned(), "done".to_owned())]),
+        "{}",
+        fixed.dump()
+    );
+    assert!(
+        fixed.of_step("step_started", "cutover").is_empty(),
+        "{}",
+        fixed.dump()
+    );
+    assert_eq!(lines_of(&lines), ["cutover", "after"]);
+    assert_audit_intact(&state);
+}
+
+/// A non-idempotent step that acted and then timed out: its effect may have happened, so a
+/// bare resume refuses to run it again; `--skip` continues after it.
+#[test]
+fn a_non_idempotent_step_that_timed_out_after_acting_needs_a_decision() {
+    let out_dir = TempDir::new("timeout-out");
+    let state = TempDir::new("timeout-state");
+    let lines = out_dir.join("lines");
+    let first = cli(
+        &state,
+        &[
+            "exec",
+            &fixture("timed-out.yaml"),
+            "-p",
+            &dir_param(&out_dir),
+            "--output",
+            "json",
+        ],
+    )
+    .run();
+    first.assert_code(1);
+    assert!(
+        first.of_step("step_failed", "load")[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("timed out"),
+        "{}",
+        first.dump()
+    );
+    // The timeout killed the whole tree (the `sleep 10` too).
+    assert_no_process_mentions(&out_dir.str());
+    let run_id = run_id_of(&first);
+    assert_eq!(lines_of(&lines), ["load"]);
+
+    let bare = cli(&state, &["resume", &run_id, "--output", "json"]).run();
+    assert_no_panic(&bare);
+    bare.assert_code(6);
+    for needle in [
+        "--rerun load",
+        "--skip load",
+        "failed after its action started",
+        "not idempotent",
+    ] {
+        assert!(
+            bare.stderr.contains(needle),
+            "the refusal does not say {needle:?}\n{}",
+            bare.dump()
+        );
+    }
+    assert_eq!(lines_of(&lines), ["load"]);
+
+    let skipped = cli(
+        &state,
+        &["resume", &run_id, "--skip", "load", "--output", "json"],
+    )
+    .run();
+    skipped.assert_code(0);
+    assert_eq!(lines_of(&lines), ["load", "after"]);
+}
+
+/// The DR failover: DNS was switched (irreversible) and then its health gate failed. The
+/// rollback must not uninstall the DR application DNS now points at; an unrelated step is still
+/// compensated. The plan says so beforehand.
+#[test]
+fn rollback_stops_at_an_irreversible_step_that_acted_and_failed() {
+    let out_dir = TempDir::new("dr-out");
+    let state = TempDir::new("dr-state");
+    let lines = out_dir.join("lines");
+    let out = cli(
+        &state,
+        &[
+            "exec",
+            &fixture("dr-failover.yaml"),
+            "-p",
+            &dir_param(&out_dir),
+            "--yes",
+            "--output",
+            "json",
+        ],
+    )
+    .run();
+    assert_no_panic(&out);
+    out.assert_code(3);
+    let counts = line_counts(&lines);
+    assert_eq!(
+        counts,
+        BTreeMap::from(
+            ["install-dr", "side", "switch-dns", "undo-side"].map(|l| (l.to_owned(), 1))
+        ),
+        "{}",
+        out.dump()
+    );
+    let rollback = out.of("rollback_started");
+    assert_eq!(rollback.len(), 1, "{}", out.dump());
+    assert_eq!(rollback[0]["steps"], serde_json::json!(["side"]));
+    assert_eq!(
+        rollback[0]["not_compensated"],
+        serde_json::json!(["install-dr"])
+    );
+
+    let plan = cli(
+        &state,
+        &[
+            "plan",
+            &fixture("dr-failover.yaml"),
+            "-p",
+            &dir_param(&out_dir),
+        ],
+    )
+    .run();
+    plan.assert_code(0);
+    assert!(
+        plan.stdout
+            .contains("not compensated once switch-dns has started (a point of no return, whatever its outcome)"),
+        "{}",
+        plan.dump()
+    );
+}
+
+/// The only approval before a point of no return is guarded by `when:`: refused at compile
+/// time, pointing at the guard, saying how to fix it.
+#[test]
+fn an_approval_guarded_by_when_cannot_gate_an_irreversible_step() {
+    let state = TempDir::new("guarded-state");
+    let file = fixture("guarded-approval.yaml");
+    let out = cli(&state, &["validate", "--message-format", "short", &file]).run();
+    assert_no_panic(&out);
+    out.assert_code(2);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    for needle in [
+        format!("{file}:9:11:"),
+        "irreversible step `cutover` is approved only by `approve`".to_owned(),
+        "a `when:` guard can skip".to_owned(),
+    ] {
+        assert!(text.contains(&needle), "missing {needle:?}\n{}", out.dump());
+    }
+    let human = cli(&state, &["validate", &file]).run();
+    human.assert_code(2);
+    assert!(
+        human.stderr.contains("remove the `when:` from `approve`"),
+        "{}",
+        human.dump()
+    );
+    // Nothing runs either.
+    let exec = cli(&state, &["exec", &file, "--yes", "--output", "json"]).run();
+    exec.assert_code(2);
+    assert!(exec.of("step_started").is_empty(), "{}", exec.dump());
+
+    // Guarded exactly like its approval, the irreversible step runs only when it is approved.
+    let dir = TempDir::new("guarded-same");
+    let shared = dir.write(
+        "shared-guard.yaml",
+        &std::fs::read_to_string(&file).expect("fixture").replace(
+            "    irreversible: true\n",
+            "    irreversible: true\n    when: params.env == \"prod\"\n",
+        ),
+    );
+    let shared = shared.to_str().expect("utf-8");
+    cli(&state, &["validate", shared]).run().assert_code(0);
+    let staging = cli(&state, &["exec", shared, "--output", "json"]).run();
+    staging.assert_code(0);
+    assert!(staging.of("command").is_empty(), "{}", staging.dump());
+    let prod = cli(
+        &state,
+        &[
+            "exec", shared, "-p", "env=prod", "--yes", "--output", "json",
+        ],
+    )
+    .run();
+    prod.assert_code(0);
+    assert_eq!(
+        prod.of_step("command", "cutover").len(),
+        1,
+        "{}",
+        prod.dump()
+    );
+}
+
+/// An approval skipped at run time (its upstream failed with `continue_on_failure`) does not
+/// let the irreversible step after it run: it is blocked and the run aborts.
+#[test]
+fn an_irreversible_step_whose_approval_was_skipped_is_blocked() {
+    let out_dir = TempDir::new("skipped-approval-out");
+    let state = TempDir::new("skipped-approval-state");
+    let out = cli(
+        &state,
+        &[
+            "exec",
+            &fixture("skipped-approval.yaml"),
+            "-p",
+            &dir_param(&out_dir),
+            "--yes",
+            "--output",
+            "json",
+        ],
+    )
+    .run();
+    assert_no_panic(&out);
+    out.assert_code(4);
+    assert!(
+        lines_of(&out_dir.join("lines")).is_empty(),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.of_step("command", "cutover").is_empty(),
+        "{}",
+        out.dump()
+    );
+    let aborted = out.of_step("step_aborted", "cutover");
+    assert_eq!(aborted.len(), 1, "{}", out.dump());
+    assert!(
+        aborted[0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no approval upstream of it was given — `approve` was skipped"),
+        "{}",
+        out.dump()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. A step's outcome survives the engine's death
+// ---------------------------------------------------------------------------------------------
+
+/// `kill -9` of the engine only (its step's supervisor and shell are left alone), once the
+/// `restore` step appended `start`.
+fn kill_engine_during_restore(state: &TempDir, out_dir: &TempDir) -> String {
+    let lines = out_dir.join("lines");
+    let mut bg = Bg::spawn(
+        state,
+        &[
+            "exec",
+            &fixture("orphan.yaml"),
+            "-p",
+            &dir_param(out_dir),
+            "--output",
+            "json",
+        ],
+        &[],
+    );
+    let run_id = bg.run_id();
+    bg.wait_until("restore started", |_| lines_of(&lines) == ["start"]);
+    signal("KILL", &bg.pid().to_string());
+    let killed = bg.finish();
+    assert_eq!(killed.code, None, "{}", killed.dump());
+    run_id
+}
+
+/// The shell of `restore`, still running after its engine was killed.
+#[track_caller]
+fn assert_restore_still_runs(out_dir: &TempDir) {
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !processes_mentioning(&out_dir.str()).is_empty(),
+        "the step's process died with the engine"
+    );
+}
+
+/// The step's process finished after the engine died: the resume uses its recorded outcome
+/// and asks nothing; the step is not run again.
+#[test]
+fn a_step_that_finished_after_the_engine_died_continues_without_a_question() {
+    let out_dir = TempDir::new("orphan-out");
+    let state = TempDir::new("orphan-state");
+    let lines = out_dir.join("lines");
+    let run_id = kill_engine_during_restore(&state, &out_dir);
+    assert_restore_still_runs(&out_dir);
+    std::fs::write(out_dir.join("release"), "").expect("release");
+    assert_no_process_mentions(&out_dir.str());
+    assert_eq!(lines_of(&lines), ["start", "end"]);
+    assert_eq!(
+        timeline(&state, &run_id).in_flight(),
+        BTreeSet::from(["restore".to_owned()])
+    );
+
+    let resumed = cli(&state, &["resume", &run_id, "--output", "json"]).run();
+    assert_no_panic(&resumed);
+    resumed.assert_code(0);
+    let resumed_ev = resumed_event(&resumed);
+    assert_eq!(
+        decisions(resumed_ev),
+        BTreeMap::from([("restore".to_owned(), "finished".to_owned())]),
+        "{}",
+        resumed.dump()
+    );
+    assert!(
+        resumed_ev["decisions"][0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exit 0"),
+        "{}",
+        resumed.dump()
+    );
+    assert!(
+        resumed.of_step("step_started", "restore").is_empty(),
+        "{}",
+        resumed.dump()
+    );
+    // Its recorded output feeds the result, as if the engine had seen it.
+    let done = resumed.of_step("step_succeeded", "restore");
+    assert_eq!(done.len(), 1, "{}", resumed.dump());
+    assert_eq!(done[0]["result"]["exit_code"], 0);
+    assert_eq!(lines_of(&lines), ["start", "end", "after"]);
+    // The journal names the process: pid, start time, host, boot.
+    let events = cli(&state, &["show", &run_id]).run();
+    assert!(
+        events.stdout.contains("process_started"),
+        "{}",
+        events.dump()
+    );
+    assert_audit_intact(&state);
+}
+
+/// The step's process still runs when the operator resumes: `--rerun` is refused (never two
+/// copies at once), a bare resume waits for it and continues from its outcome.
+#[test]
+fn a_step_still_running_is_waited_for_and_never_run_twice() {
+    let out_dir = TempDir::new("running-out");
+    let state = TempDir::new("running-state");
+    let lines = out_dir.join("lines");
+    let run_id = kill_engine_during_restore(&state, &out_dir);
+    assert_restore_still_runs(&out_dir);
+
+    let rerun = cli(
+        &state,
+        &["resume", &run_id, "--rerun", "restore", "--output", "json"],
+    )
+    .run();
+    assert_no_panic(&rerun);
+    rerun.assert_code(6);
+    for needle in ["step `restore` still runs", "--kill-running restore"] {
+        assert!(
+            rerun.stderr.contains(needle),
+            "the refusal does not say {needle:?}\n{}",
+            rerun.dump()
+        );
+    }
+    assert!(rerun.of("step_started").is_empty(), "{}", rerun.dump());
+    assert_eq!(lines_of(&lines), ["start"]);
+
+    let mut waiting = Bg::spawn(&state, &["resume", &run_id, "--output", "json"], &[]);
+    waiting.wait_stderr("waiting for it to end");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(waiting.running(), "{}", waiting.dump());
+    assert_eq!(lines_of(&lines), ["start"]);
+    std::fs::write(out_dir.join("release"), "").expect("release");
+    let waited = waiting.finish();
+    waited.assert_code(0);
+    assert_eq!(
+        decisions(resumed_event(&waited)),
+        BTreeMap::from([("restore".to_owned(), "finished".to_owned())]),
+        "{}",
+        waited.dump()
+    );
+    assert_eq!(lines_of(&lines), ["start", "end", "after"]);
+    assert_no_process_mentions(&out_dir.str());
+}
+
+/// `--kill-running` stops the orphaned step (its whole process group); its effect is then
+/// unknown, so it needs a decision like any step in flight.
+#[test]
+fn kill_running_stops_the_orphan_then_the_step_needs_a_decision() {
+    let out_dir = TempDir::new("kill-running-out");
+    let state = TempDir::new("kill-running-state");
+    let lines = out_dir.join("lines");
+    let run_id = kill_engine_during_restore(&state, &out_dir);
+    assert_restore_still_runs(&out_dir);
+
+    let killed = cli(
+        &state,
+        &[
+            "resume",
+            &run_id,
+            "--kill-running",
+            "restore",
+            "--output",
+            "json",
+        ],
+    )
+    .run();
+    assert_no_panic(&killed);
+    killed.assert_code(6);
+    for needle in [
+        "killed (--kill-running restore)",
+        "--rerun restore",
+        "--skip restore",
+    ] {
+        assert!(
+            killed.stderr.contains(needle),
+            "the output does not say {needle:?}\n{}",
+            killed.dump()
+        );
+    }
+    assert_no_process_mentions(&out_dir.str());
+    assert_eq!(lines_of(&lines), ["start"]);
+
+    std::fs::write(out_dir.join("release"), "").expect("release");
+    let rerun = cli(
+        &state,
+        &["resume", &run_id, "--rerun", "restore", "--output", "json"],
+    )
+    .run();
+    rerun.assert_code(0);
+    assert_eq!(lines_of(&lines), ["start", "start", "end", "after"]);
+}
+
+/// Steps of the orphan-trial chain.
+const ORPHAN_STEPS: usize = 50;
+
+/// Kills (and resumes) of the orphan trial.
+const ORPHAN_TRIALS: usize = 30;
+
+/// A chain of non-idempotent steps (no gate, no `idempotent`): each appends its id to `effects`
+/// and naps — so a kill often lands while a step's process runs, its effect done.
+fn orphan_chain(dir: &TempDir) -> PathBuf {
+    let mut y = String::from(
+        "runbook: orphan-chain\nparams:\n  dir:\n    type: string\nmax_parallel: 1\nsteps:\n",
+    );
+    for i in 1..=ORPHAN_STEPS {
+        let id = step_id(i);
+        let _ = writeln!(y, "  - id: {id}");
+        if i > 1 {
+            let _ = writeln!(y, "    needs: [{}]", step_id(i - 1));
+        }
+        let _ = writeln!(
+            y,
+            "    run: \"echo {id} >> {{{{ params.dir }}}}/effects; sleep 0.0{}\"",
+            i % 2 + 1
+        );
+    }
+    dir.write("orphan-chain.yaml", &y)
+}
+
+/// Counters over the orphan trials, to show the test exercised what it claims.
+#[derive(Debug, Default)]
+struct OrphanStats {
+    killed: usize,
+    finished_before_kill: usize,
+    with_orphans: usize,
+    finished_while_down: usize,
+    never_started: usize,
+}
+
+/// 30 trials: `kill -9` of the engine alone at a random moment of a 50-step chain of
+/// non-idempotent steps; the step processes it started finish on their own; a resume with no
+/// flags and no terminal asks nothing, and every effect happens exactly once.
+#[test]
+fn kill_9_of_the_engine_alone_then_a_bare_resume_does_every_effect_once() {
+    let started = Instant::now();
+    let seed = std::env::var("RUNBOOK_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x0B5E_55ED_u64);
+    let mut rng = XorShift(seed);
+    let book_dir = TempDir::new("orphan-book");
+    let book = orphan_chain(&book_dir);
+    let book = book.to_str().expect("utf-8 path");
+    let all: Vec<String> = (1..=ORPHAN_STEPS).map(step_id).collect();
+
+    let mut window_ms: u64 = {
+        let out_dir = TempDir::new("orphan-clean");
+        let state = TempDir::new("orphan-clean-state");
+        let clean = cli(
+            &state,
+            &["exec", book, "-p", &dir_param(&out_dir), "--output", "json"],
+        )
+        .run();
+        clean.assert_code(0);
+        assert_eq!(
+            line_counts(&out_dir.join("effects")),
+            all.iter().map(|id| (id.clone(), 1)).collect(),
+            "{}",
+            clean.dump()
+        );
+        clean.finished()["duration_ms"]
+            .as_u64()
+            .unwrap_or(1000)
+            .max(100)
+    };
+
+    let mut tally = OrphanStats::default();
+    let mut trial = 0;
+    while tally.killed < ORPHAN_TRIALS {
+        trial += 1;
+        assert!(
+            trial <= 3 * ORPHAN_TRIALS,
+            "too many runs finished before their kill: {tally:?}"
+        );
+        let out_dir = TempDir::new("orphan-out");
+        let state = TempDir::new("orphan-state");
+        let effects = out_dir.join("effects");
+        let mut bg = Bg::spawn(
+            &state,
+            &["exec", book, "-p", &dir_param(&out_dir), "--output", "json"],
+            &[],
+        );
+        let run_id = bg.run_id();
+        let delay = rng.below(window_ms);
+        let ctx = format!(
+            "trial {trial} (seed {seed:#x}, engine killed {delay} ms after run_started), run {run_id}"
+        );
+        std::thread::sleep(Duration::from_millis(delay));
+        // The engine only: what it started is left to finish on its own.
+        signal("KILL", &bg.pid().to_string());
+        let out = bg.finish();
+        if out.code.is_some() {
+            tally.finished_before_kill += 1;
+            window_ms = (window_ms * 3 / 4).max(50);
+            out.assert_code(0);
+            continue;
+        }
+        tally.killed += 1;
+        if !processes_mentioning(&out_dir.str()).is_empty() {
+            tally.with_orphans += 1;
+        }
+        // The orphans finish (each step takes a few tens of milliseconds).
+        assert_no_process_mentions(&out_dir.str());
+        let journal = timeline(&state, &run_id);
+        let ctx = format!("{ctx}\n--- journal ---\n{}", journal.text);
+        if journal.status == "succeeded" {
+            assert_eq!(line_counts(&effects).len(), ORPHAN_STEPS, "{ctx}");
+            continue;
+        }
+
+        // No flags, no terminal: the resume must not need a decision.
+        let resumed = cli(&state, &["resume", &run_id, "--output", "json"]).run();
+        assert_no_panic(&resumed);
+        assert_eq!(
+            resumed.code,
+            Some(0),
+            "{ctx}\nthe resume asked a question or failed\n{}",
+            resumed.dump()
+        );
+        let ctx = format!("{ctx}\n--- resume ---\n{}", resumed.dump());
+        let resumed_ev = resumed_event(&resumed);
+        for d in resumed_ev["decisions"].as_array().into_iter().flatten() {
+            let reason = d["reason"].as_str().unwrap_or_default();
+            match d["decision"].as_str().unwrap_or_default() {
+                "finished" => tally.finished_while_down += 1,
+                "rerun" if reason.contains("never started") => tally.never_started += 1,
+                other => panic!("{ctx}\nunexpected decision {other:?}: {d}"),
+            }
+        }
+        // A step whose process finished is not started again.
+        for (step, decision) in decisions(resumed_ev) {
+            if decision == "finished" {
+                assert!(
+                    resumed.of_step("step_started", &step).is_empty(),
+                    "{ctx}\n{step} started again"
+                );
+            }
+        }
+        let counts = line_counts(&effects);
+        assert_eq!(
+            counts,
+            all.iter().map(|id| (id.clone(), 1)).collect(),
+            "{ctx}\nan effect is missing or happened twice"
+        );
+        assert_audit_intact(&state);
+    }
+    eprintln!(
+        "orphan trial: {tally:?} in {:?} (seed {seed:#x})",
+        started.elapsed()
+    );
+    assert!(
+        tally.finished_while_down >= ORPHAN_TRIALS / 3,
+        "too few kills left a step process to finish on its own: {tally:?}"
+    );
 }

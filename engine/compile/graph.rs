@@ -294,3 +294,57 @@ pub(super) fn critical_path(
     path.reverse();
     (path, finish[end])
 }
+
+/// An irreversible step (`irreversible` at `irr`) whose every upstream approval (`approvals`)
+/// is guarded by a `when:` the step itself does not share: when the guard is false the
+/// approval is skipped and the point of no return would run unapproved, so the runbook is
+/// refused. An approval guarded exactly like its irreversible step is fine: both run or both
+/// are skipped (and at run time an irreversible step whose approvals were all skipped is blocked
+/// anyway).
+pub(super) fn guarded_approvals(
+    c: &super::Compiled,
+    i: usize,
+    approvals: &[usize],
+    irr: crate::model::Span,
+) -> Option<Diagnostic> {
+    let own = c.step(i).when.as_ref().map(|w| w.value.trim());
+    let guarded: Vec<(usize, crate::model::Span)> = approvals
+        .iter()
+        .map(|&u| {
+            let when = c
+                .step(u)
+                .when
+                .as_ref()
+                .filter(|w| Some(w.value.trim()) != own);
+            (u, when.map(|w| w.span))
+        })
+        .map(|(u, w)| w.map(|w| (u, w)))
+        .collect::<Option<_>>()?;
+    let (&(first, span), rest) = guarded.split_first()?;
+    let names: Vec<String> = guarded
+        .iter()
+        .map(|&(u, _)| format!("`{}`", c.steps[u].id))
+        .collect();
+    let mut d = Diagnostic::new(
+        "guarded-approval",
+        format!(
+            "irreversible step `{}` is approved only by {}, which a `when:` guard can skip",
+            c.steps[i].id,
+            names.join(", ")
+        ),
+        span,
+    )
+    .with_label(format!(
+        "when this is false, `{}` is skipped and `{}` would run unapproved",
+        c.steps[first].id, c.steps[i].id
+    ))
+    .with_related(irr, "point of no return")
+    .with_help(format!(
+        "remove the `when:` from `{}` (an approval before a point of no return is always asked), give `{}` the same `when:`, or add an unguarded `approve` step to its `needs`",
+        c.steps[first].id, c.steps[i].id
+    ));
+    for &(u, w) in rest {
+        d = d.with_related(w, format!("`{}` is guarded too", c.steps[u].id));
+    }
+    Some(d)
+}

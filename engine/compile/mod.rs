@@ -824,8 +824,15 @@ fn check_irreversible(c: &Compiled, diags: &mut Vec<Diagnostic>) {
         let Some(irr) = step.irreversible.as_ref().filter(|b| b.value) else {
             continue;
         };
-        let approved = c.upstream(i).iter().any(|&u| c.step(u).approve.is_some());
-        if !approved {
+        let approvals: Vec<usize> = c
+            .upstream(i)
+            .into_iter()
+            .filter(|&u| c.step(u).approve.is_some())
+            .collect();
+        if let Some(d) = graph::guarded_approvals(c, i, &approvals, irr.span) {
+            diags.push(d);
+        }
+        if approvals.is_empty() {
             diags.push(
                 Diagnostic::new("unapproved-irreversible", format!("irreversible step `{}` has no approval upstream", step.id.value), irr.span)
                     .with_label("point of no return")

@@ -191,6 +191,15 @@ impl Shared {
         }
     }
 
+    /// Every form the masker replaces (handed to a step's supervisor, which masks what it
+    /// journals after the engine is gone).
+    pub fn masked_forms(&self) -> Vec<String> {
+        match self.masker.read() {
+            Ok(m) => m.values().map(str::to_owned).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Mask, from now on, a secret value learnt while the run goes (the `secret: true` params
     /// of a called runbook).
     pub fn learn_secret(&self, value: &str) {

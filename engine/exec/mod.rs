@@ -10,6 +10,7 @@ mod report;
 mod resume;
 mod scheduler;
 mod step;
+pub mod supervise;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -404,7 +405,7 @@ pub fn execute(launch: &Launch<'_>) -> Result<Outcome, ExecError> {
             Some(handle) => tokio::spawn(handle.forward(s)),
             None => tokio::spawn(async move { context::cancel_on_signals(s).await }),
         };
-        let prior = match &launch.resume {
+        let (prior, recovered) = match &launch.resume {
             Some((_, from)) => {
                 match scheduler::prepare_resume(&shared, &compiled, launch.params, from).await {
                     Ok(p) => p,
@@ -414,7 +415,7 @@ pub fn execute(launch: &Launch<'_>) -> Result<Outcome, ExecError> {
                     }
                 }
             }
-            None => std::collections::BTreeMap::new(),
+            None => Default::default(),
         };
         let status = scheduler::run(
             shared.clone(),
@@ -422,6 +423,7 @@ pub fn execute(launch: &Launch<'_>) -> Result<Outcome, ExecError> {
             launch.params.clone(),
             Vec::new(),
             prior,
+            recovered,
         )
         .await;
         signals.abort();

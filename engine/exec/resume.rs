@@ -4,16 +4,52 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::step::{StepEnd, StepStatus};
+use super::supervise::ProcessId;
 use crate::compile::Compiled;
 use crate::state::EventRecord;
 
-/// What the operator decided for an in-flight step (`--rerun STEP` / `--skip STEP` or the TTY).
+/// What the operator decided for an in-flight step (`--rerun STEP` / `--skip STEP` /
+/// `--kill-running STEP`, or the TTY).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     /// Run it again.
     Rerun,
     /// Consider it done without running it.
     Skip,
+    /// Kill its still-running process, then decide as for any step in flight.
+    Kill,
+    /// Kill its still-running process, then run it again.
+    KillThenRerun,
+    /// Kill its still-running process, then consider it done.
+    KillThenSkip,
+}
+
+impl Decision {
+    /// `--kill-running` added to an earlier decision (or none) about the same step.
+    pub fn kill_then(earlier: Option<Decision>) -> Decision {
+        match earlier {
+            Some(Decision::Rerun | Decision::KillThenRerun) => Decision::KillThenRerun,
+            Some(Decision::Skip | Decision::KillThenSkip) => Decision::KillThenSkip,
+            _ => Decision::Kill,
+        }
+    }
+
+    /// Whether the operator asked to kill a still-running process of the step.
+    pub fn kills(self) -> bool {
+        matches!(
+            self,
+            Decision::Kill | Decision::KillThenRerun | Decision::KillThenSkip
+        )
+    }
+
+    /// The decision about the step itself, once no process of it runs.
+    pub fn then(self) -> Option<Decision> {
+        match self {
+            Decision::Rerun | Decision::KillThenRerun => Some(Decision::Rerun),
+            Decision::Skip | Decision::KillThenSkip => Some(Decision::Skip),
+            Decision::Kill => None,
+        }
+    }
 }
 
 /// How a resumed run continues.
@@ -34,8 +70,32 @@ pub struct ResumeFrom {
 pub(super) struct Journaled {
     /// Steps done: succeeded, or skipped by their own guard.
     pub done: BTreeMap<usize, StepEnd>,
-    /// Steps whose action had started and not ended (or was killed by a cancellation).
+    /// Steps whose action had started and not ended (or was killed by a cancellation), and
+    /// non-idempotent steps whose action started and then failed: their effect is unknown.
     pub in_flight: BTreeSet<usize>,
+    /// The in-flight steps that failed (rather than stopped) after their action started.
+    pub failed_after_acting: BTreeSet<usize>,
+    /// What the journal says about the process of each in-flight step's last attempt.
+    pub process: BTreeMap<usize, ProcessTrace>,
+}
+
+/// The journal's record of the process of a step's last attempt.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ProcessTrace {
+    /// The attempt.
+    pub attempt: u32,
+    /// The attempt's action was journaled as starting (`command`).
+    pub commanded: bool,
+    /// The step's action is a shell run under a supervisor.
+    pub supervised: bool,
+    /// The supervisor, once journaled (the shell cannot start before).
+    pub supervisor: Option<ProcessId>,
+    /// The shell, once journaled.
+    pub shell: Option<ProcessId>,
+    /// The exit record (exit code, signal, output tails), if the shell ended.
+    pub exited: Option<serde_json::Value>,
+    /// The attempt failed and a retry was due when the run stopped.
+    pub retry_due: bool,
 }
 
 /// Read a run's journal: the steps of `c` as the run names them, `prefix/id` for a runbook called
@@ -43,6 +103,12 @@ pub(super) struct Journaled {
 pub(super) fn read(c: &Compiled, events: &[EventRecord], prefix: &str) -> Journaled {
     let mut j = Journaled::default();
     let mut started_ms: BTreeMap<usize, i64> = BTreeMap::new();
+    // Only a journal that says so tells "never started" from "no record": a run journaled
+    // before steps were supervised has no supervisor records at all.
+    let supervised = events.iter().any(|e| e.kind == super::supervise::MARK);
+    let is_shell = |i: usize| supervised && c.step(i).run.is_some();
+    // Steps whose action started (sticky: a later attempt that fails early does not undo it).
+    let mut acted: BTreeSet<usize> = BTreeSet::new();
     for e in events {
         let Some(named) = e.step.as_deref() else {
             continue;
@@ -65,17 +131,65 @@ pub(super) fn read(c: &Compiled, events: &[EventRecord], prefix: &str) -> Journa
             continue;
         }
         let d = &e.data;
+        let attempt = d["attempt"]
+            .as_u64()
+            .and_then(|a| u32::try_from(a).ok())
+            .unwrap_or(0);
         match e.kind.as_str() {
             "step_started" | "command" | "retry" | "approval_waiting" | "approval" => {
                 started_ms.entry(i).or_insert(e.at_ms);
                 j.done.remove(&i);
                 j.in_flight.insert(i);
+                // An action's command is journaled with its `step_started`; a `command` on its
+                // own is a check's (a gate re-checked on resume, a precondition): it does not
+                // start an attempt of the action.
+                if e.kind == "command" {
+                    continue;
+                }
+                j.failed_after_acting.remove(&i);
+                let commanded = d["command"].is_string();
+                if e.kind == "step_started" {
+                    j.process.insert(
+                        i,
+                        ProcessTrace {
+                            attempt,
+                            supervised: is_shell(i),
+                            ..ProcessTrace::default()
+                        },
+                    );
+                }
+                let trace = j.process.entry(i).or_default();
+                if commanded {
+                    acted.insert(i);
+                    trace.commanded = true;
+                    trace.supervised = is_shell(i);
+                    trace.attempt = trace.attempt.max(attempt);
+                }
+                if e.kind == "retry" {
+                    trace.retry_due = true;
+                }
             }
             "check" if d["phase"] == "verify" => {
                 j.in_flight.insert(i);
             }
+            super::supervise::STARTED => {
+                let trace = j.process.entry(i).or_default();
+                trace.attempt = attempt;
+                trace.supervisor = serde_json::from_value(d["supervisor"].clone()).ok();
+            }
+            super::supervise::RUNNING => {
+                let trace = j.process.entry(i).or_default();
+                trace.shell = serde_json::from_value(d["process"].clone()).ok();
+            }
+            super::supervise::EXITED => {
+                let trace = j.process.entry(i).or_default();
+                if trace.attempt == attempt && trace.exited.is_none() {
+                    trace.exited = Some(d.clone());
+                }
+            }
             "step_succeeded" => {
                 j.in_flight.remove(&i);
+                j.process.remove(&i);
                 let outputs = d["outputs"].as_object().cloned().unwrap_or_default();
                 j.done.insert(
                     i,
@@ -94,6 +208,7 @@ pub(super) fn read(c: &Compiled, events: &[EventRecord], prefix: &str) -> Journa
             }
             "step_skipped" => {
                 j.in_flight.remove(&i);
+                j.process.remove(&i);
                 if d["by_guard"] == true {
                     j.done.insert(
                         i,
@@ -105,9 +220,17 @@ pub(super) fn read(c: &Compiled, events: &[EventRecord], prefix: &str) -> Journa
             }
             "step_failed" => {
                 j.done.remove(&i);
+                // The engine ended the attempt: its process trace no longer decides anything.
+                j.process.remove(&i);
                 // Killed by a cancellation while acting: its effect is unknown, as at a crash.
+                // A non-idempotent step whose action started and then failed (an error, a
+                // timeout, a gate or an assert that failed after it acted) may have had its
+                // effect too: a resume treats it like a step in flight, never as simply failed.
                 if d["error"] == "cancelled" {
                     j.in_flight.insert(i);
+                } else if acted.contains(&i) && !c.steps[i].idempotent {
+                    j.in_flight.insert(i);
+                    j.failed_after_acting.insert(i);
                 } else {
                     j.in_flight.remove(&i);
                 }
@@ -115,13 +238,190 @@ pub(super) fn read(c: &Compiled, events: &[EventRecord], prefix: &str) -> Journa
             "step_aborted" => {
                 j.done.remove(&i);
                 j.in_flight.remove(&i);
+                j.process.remove(&i);
             }
             "compensated" if d["ok"] == true => {
                 // Undone by a rollback: it has to run again.
                 j.done.remove(&i);
+                acted.remove(&i);
             }
             _ => {}
         }
     }
+    j.process.retain(|i, _| j.in_flight.contains(i));
     j
+}
+
+/// What became of the process of an in-flight step's last attempt.
+#[derive(Debug)]
+pub(super) enum Settled {
+    /// It ended: the journal has its exit record (exit code, signal, output tails).
+    Exited(serde_json::Value),
+    /// It never started (the reason, for the record): running the step is safe.
+    NeverStarted(String),
+    /// Nothing of it runs and its outcome is unknown (`killed`: by this resume, on request).
+    Unknown {
+        /// Killed on the operator's request (`--kill-running`).
+        killed: bool,
+    },
+    /// It still runs and the operator's decision needs it gone: refused (the message says why).
+    Running(String),
+    /// The resume was cancelled while it waited.
+    Interrupted(String),
+}
+
+/// Whether the journal alone settles a step in flight without asking anyone: its process
+/// ended with a recorded outcome, never started, is still running (it is waited for), or a
+/// retry was due.
+pub(super) fn settles_alone(trace: &ProcessTrace) -> bool {
+    if trace.retry_due || trace.exited.is_some() {
+        return true;
+    }
+    if !(trace.supervised && trace.commanded) {
+        return false;
+    }
+    match &trace.supervisor {
+        None => true,
+        Some(s) => s.is_alive() || trace.shell.as_ref().is_some_and(ProcessId::is_alive),
+    }
+}
+
+/// The exit record of `step`'s attempt `attempt`, if the journal has one now.
+fn exit_record(shared: &super::Shared, step: &str, attempt: u32) -> Option<serde_json::Value> {
+    let store = shared.store.as_ref()?;
+    let events = store.events(&shared.run_id).ok()?;
+    events
+        .into_iter()
+        .find(|e| {
+            e.kind == super::supervise::EXITED
+                && e.step.as_deref() == Some(step)
+                && e.attempt == Some(attempt)
+        })
+        .map(|e| e.data)
+}
+
+/// Say something on the terminal while the resume waits (progress bars hidden).
+fn say(shared: &super::Shared, text: &str) {
+    let line = format!("{text}\n");
+    shared.reporter.suspend(&mut || {
+        use std::io::Write;
+        let mut err = std::io::stderr();
+        let _ = err.write_all(line.as_bytes());
+        let _ = err.flush();
+    });
+}
+
+/// Find out what became of the process of the in-flight step `id`: its recorded outcome, or
+/// wait while it still runs (never start a second copy), or kill it when the operator asked.
+pub(super) async fn settle(
+    shared: &super::Shared,
+    id: &str,
+    trace: &ProcessTrace,
+    decision: Option<Decision>,
+) -> Settled {
+    let attempt = trace.attempt;
+    let ended = |rec: serde_json::Value| {
+        if rec["started"] == false {
+            Settled::NeverStarted(format!(
+                "its command never started ({})",
+                rec["error"]
+                    .as_str()
+                    .unwrap_or("the shell could not be started")
+            ))
+        } else {
+            Settled::Exited(rec)
+        }
+    };
+    if let Some(rec) = &trace.exited {
+        return ended(rec.clone());
+    }
+    if !(trace.supervised && trace.commanded) {
+        return Settled::Unknown { killed: false };
+    }
+    let Some(supervisor) = &trace.supervisor else {
+        // The supervisor is journaled before it may start the shell: without that record the
+        // command never ran.
+        return Settled::NeverStarted(
+            "its command never started (the engine stopped before launching it)".to_owned(),
+        );
+    };
+    let shell = |trace_shell: Option<&ProcessId>| -> Option<ProcessId> {
+        trace_shell
+            .filter(|p| p.is_alive())
+            .cloned()
+            .or_else(|| supervisor.group_leading_children().into_iter().next())
+    };
+    let started = std::time::Instant::now();
+    let mut announced = false;
+    let mut last_note = started;
+    loop {
+        let sup_alive = supervisor.is_alive();
+        let running = shell(trace.shell.as_ref());
+        if !sup_alive && running.is_none() {
+            // Gone. The supervisor journals the exit before it ends: read it.
+            return match exit_record(shared, id, attempt) {
+                Some(rec) => ended(rec),
+                None => Settled::Unknown { killed: false },
+            };
+        }
+        let pid_text = running
+            .as_ref()
+            .map_or_else(|| "its shell".to_owned(), |p| format!("pid {}", p.pid));
+        if decision.is_some_and(Decision::kills) {
+            if let Some(p) = &running {
+                super::supervise::kill_group(p.pid);
+            }
+            // The supervisor journals the killed shell's exit, then ends.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while supervisor.is_alive() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            if supervisor.is_alive() {
+                super::supervise::kill_pid(supervisor.pid);
+            }
+            say(
+                shared,
+                &format!(
+                    "step `{id}`: its process ({pid_text}) still ran; killed (--kill-running {id})"
+                ),
+            );
+            return Settled::Unknown { killed: true };
+        }
+        if decision.is_some() {
+            return Settled::Running(format!(
+                "step `{id}` still runs ({pid_text}, supervisor pid {}, started by the stopped engine): it is never run twice at once — resume without --rerun/--skip {id} waits for it and uses its outcome, or pass --kill-running {id} to stop it first",
+                supervisor.pid
+            ));
+        }
+        if shared.is_cancelled() {
+            return Settled::Interrupted(format!(
+                "step `{id}` still runs ({pid_text}); the resume was interrupted while waiting for it — resume again to wait, or pass --kill-running {id}"
+            ));
+        }
+        if !announced {
+            announced = true;
+            say(
+                shared,
+                &format!(
+                    "step `{id}`: its process ({pid_text}) still runs since the engine stopped; waiting for it to end (--kill-running {id} stops it)"
+                ),
+            );
+        } else if last_note.elapsed() >= std::time::Duration::from_secs(10) {
+            last_note = std::time::Instant::now();
+            say(
+                shared,
+                &format!(
+                    "step `{id}`: still waiting for its process ({pid_text}), {} so far",
+                    crate::duration::format(std::time::Duration::from_secs(
+                        started.elapsed().as_secs()
+                    ))
+                ),
+            );
+        }
+        let mut cancel = shared.cancelled();
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            () = cancel.wait() => {}
+        }
+    }
 }

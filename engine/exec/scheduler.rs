@@ -9,7 +9,7 @@ use minijinja::Value;
 use tokio::task::JoinSet;
 
 use super::context::{ActionCtx, Shared, TemplateState};
-use super::step::{StepEnd, StepStatus, compensate, poll_check, run_step};
+use super::step::{Recovered, StepEnd, StepStatus, compensate, poll_check, run_step};
 use super::{ActionError, ActionResult, Event, RunStatus};
 use crate::compile::{CheckTiming, Compiled, ParamValues, template_key};
 use crate::model::OnFailure;
@@ -23,6 +23,7 @@ pub(super) async fn run(
     params: ParamValues,
     prefix: Vec<String>,
     prior: BTreeMap<usize, StepEnd>,
+    mut recovered: BTreeMap<usize, Recovered>,
 ) -> RunStatus {
     let started = Instant::now();
     let top = prefix.is_empty();
@@ -36,6 +37,7 @@ pub(super) async fn run(
             user: shared.user.clone(),
             host: shared.host.clone(),
         });
+        super::supervise::mark_journal(&shared);
     }
     let name = |i: usize| {
         if prefix.is_empty() {
@@ -82,6 +84,7 @@ pub(super) async fn run(
             &mut state,
             &mut ends,
             &mut completion_order,
+            &mut recovered,
             &name,
         )
         .await;
@@ -94,7 +97,7 @@ pub(super) async fn run(
         && c.runbook.on_failure == OnFailure::Rollback
         && !shared.is_cancelled()
     {
-        rollback(&shared, &c, &state, &completion_order, &name).await;
+        rollback(&shared, &c, &state, &completion_order, &ends, &name).await;
         status = RunStatus::RolledBack;
     }
 
@@ -116,6 +119,7 @@ pub(super) async fn run(
             &mut state,
             &mut ends,
             &mut completion_order,
+            &mut BTreeMap::new(),
             &name,
         )
         .await;
@@ -192,6 +196,10 @@ async fn preflight(
 
 /// Run one section of steps (main or finally) as a DAG. Returns the status when the section
 /// did not succeed.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the run's state the section reads and updates"
+)]
 async fn dag(
     shared: &Arc<Shared>,
     c: &Arc<Compiled>,
@@ -199,6 +207,7 @@ async fn dag(
     state: &mut TemplateState,
     ends: &mut BTreeMap<usize, StepEnd>,
     completion_order: &mut Vec<usize>,
+    recovered: &mut BTreeMap<usize, Recovered>,
     name: &impl Fn(usize) -> String,
 ) -> Option<RunStatus> {
     let max_parallel = shared.options.max_parallel.unwrap_or(c.max_parallel).max(1);
@@ -235,11 +244,27 @@ async fn dag(
                     k = 0;
                     continue;
                 }
+                if let Some(reason) = missing_approval(c, ends, i, state) {
+                    shared.emit(&Event::StepAborted {
+                        step: name(i),
+                        reason: reason.clone(),
+                    });
+                    let mut end = StepEnd::skipped(String::new());
+                    end.status = StepStatus::Aborted(reason);
+                    expose(state, c, i, &end);
+                    ends.insert(i, end);
+                    stop = true;
+                    outcome = Some(RunStatus::Aborted);
+                    break;
+                }
                 let renderer = state.renderer();
                 let s = shared.clone();
                 let cc = c.clone();
                 let id = name(i);
-                running.spawn(async move { (i, run_step(s, cc, i, renderer, id).await) });
+                let from_journal = recovered.remove(&i);
+                running.spawn(
+                    async move { (i, run_step(s, cc, i, renderer, id, from_journal).await) },
+                );
             }
         }
         let Some(joined) = running.join_next().await else {
@@ -295,6 +320,51 @@ async fn dag(
     outcome
 }
 
+/// Why an irreversible step must not start: none of the approvals upstream of it was given
+/// (each was skipped — e.g. after an upstream failure let the run go on). The compiler already
+/// refuses approvals guarded by `when:` as an irreversible step's only approval; this holds the
+/// line for every other way an approval can be skipped.
+fn missing_approval(
+    c: &Compiled,
+    ends: &BTreeMap<usize, StepEnd>,
+    i: usize,
+    state: &TemplateState,
+) -> Option<String> {
+    if !c.steps[i].irreversible || c.runbook.unattended || i >= c.main_count {
+        return None;
+    }
+    // Its own guard false: it is skipped anyway (an approval guarded like it was skipped too).
+    if let Some(w) = &c.step(i).when
+        && state.renderer().eval(&w.value).is_ok_and(|v| !v.is_true())
+    {
+        return None;
+    }
+    let approvals: Vec<usize> = c
+        .upstream(i)
+        .into_iter()
+        .filter(|&u| c.step(u).approve.is_some())
+        .collect();
+    if approvals.is_empty()
+        || approvals.iter().any(|u| {
+            ends.get(u)
+                .is_some_and(|e| e.status == StepStatus::Succeeded)
+        })
+    {
+        return None;
+    }
+    let why: Vec<String> = approvals
+        .iter()
+        .map(|&u| match ends.get(&u).map(|e| &e.status) {
+            Some(StepStatus::Skipped(r)) => format!("`{}` was skipped ({r})", c.steps[u].id),
+            _ => format!("`{}` was not given", c.steps[u].id),
+        })
+        .collect();
+    Some(format!(
+        "irreversible step blocked: no approval upstream of it was given — {}",
+        why.join("; ")
+    ))
+}
+
 /// Record that a step will not run (not by its own guard: a resumed run runs it).
 fn skip(
     shared: &Shared,
@@ -326,18 +396,22 @@ fn expose(state: &mut TemplateState, c: &Compiled, i: usize, end: &StepEnd) {
 }
 
 /// Compensate completed steps in reverse completion order (which respects dependencies), except
-/// those followed by a completed point of no return.
+/// those followed by a point of no return: an irreversible step whose action started, whatever
+/// its outcome (a failed gate after the cut-over does not undo the cut-over).
 async fn rollback(
     shared: &Arc<Shared>,
     c: &Arc<Compiled>,
     state: &TemplateState,
     completion_order: &[usize],
+    ends: &BTreeMap<usize, StepEnd>,
     name: &impl Fn(usize) -> String,
 ) {
-    let completed_irreversible: Vec<usize> = completion_order
+    let completed_irreversible: Vec<usize> = ends
         .iter()
-        .copied()
-        .filter(|&i| c.steps[i].irreversible)
+        .filter(|(i, e)| {
+            c.steps[**i].irreversible && (e.status == StepStatus::Succeeded || e.attempts > 0)
+        })
+        .map(|(i, _)| *i)
         .collect();
     let mut todo = Vec::new();
     let mut not = Vec::new();
@@ -407,7 +481,7 @@ pub async fn call(
         })?;
     let compiled = Arc::new(compiled);
     // A resumed run whose call was in flight: the called runbook continues where it stopped.
-    let prior = match ctx.shared.take_continuation(&ctx.step) {
+    let (prior, recovered) = match ctx.shared.take_continuation(&ctx.step) {
         Some(from) => Box::pin(continue_call(
             &ctx.shared,
             &compiled,
@@ -423,10 +497,18 @@ pub async fn call(
                 undecided.join("; ")
             ))
         })?,
-        None => BTreeMap::new(),
+        None => (BTreeMap::new(), BTreeMap::new()),
     };
     let prefix = vec![ctx.step.to_string()];
-    let status = Box::pin(run(ctx.shared.clone(), compiled, values, prefix, prior)).await;
+    let status = Box::pin(run(
+        ctx.shared.clone(),
+        compiled,
+        values,
+        prefix,
+        prior,
+        recovered,
+    ))
+    .await;
     let value = serde_json::json!({ "status": status.as_str(), "runbook": runbook });
     match status {
         RunStatus::Succeeded => Ok(ActionResult {
@@ -448,38 +530,45 @@ pub async fn call(
     }
 }
 
+/// What a resumed run starts from: the steps it keeps, and the attempts whose process finished
+/// while no engine was there (their steps continue from the recorded result).
+pub(super) type Prior = (BTreeMap<usize, StepEnd>, BTreeMap<usize, Recovered>);
+
 /// Decide, before anything runs again, what a resumed run keeps, re-runs or skips.
 ///
-/// Completed steps are kept. A step that was in flight is first checked with its `verify`
-/// gates, once and read-only: if they pass it is done ("verified on resume"). Otherwise it is
-/// re-run if it is idempotent, or as the operator decides (`--rerun`/`--skip`, or on the
-/// terminal); an irreversible step is never re-run without that explicit decision. A `call`
-/// step in flight continues its runbook where it stopped (its own steps are decided the same
-/// way, by their full names `call/step`), unless the operator says `--rerun` (start it again)
-/// or `--skip`.
+/// Completed steps are kept. For a step in flight, the journal of its process decides first:
+/// a shell that ended while the engine was down has a known outcome (the step continues from
+/// it: assert, retries, gates — no question asked); one that never started is run; one that
+/// still runs is waited for (or killed on request), never started a second time. Otherwise —
+/// its effect unknown, including a non-idempotent step that failed after it acted — it is
+/// checked with its `verify` gates, once and read-only: if they pass it is done ("verified on
+/// resume"). Otherwise it is re-run if it is idempotent, or as the operator decides
+/// (`--rerun`/`--skip`, or on the terminal); an irreversible step is never re-run without that
+/// explicit decision. A `call` step in flight continues its runbook where it stopped (its own
+/// steps are decided the same way, by their full names `call/step`), unless the operator says
+/// `--rerun` (start it again) or `--skip`.
 ///
 /// # Errors
-/// In-flight steps nobody decided about.
+/// In-flight steps nobody decided about, or still running when the operator's decision
+/// needs them gone.
 pub(super) async fn prepare_resume(
     shared: &Arc<Shared>,
     c: &Arc<Compiled>,
     params: &ParamValues,
     from: &super::ResumeFrom,
-) -> Result<BTreeMap<usize, StepEnd>, super::ExecError> {
+) -> Result<Prior, super::ExecError> {
     shared.mark_resumed();
-    let journaled = super::resume::read(c, &from.events, "");
-    let mut done = journaled.done;
-    let mut in_flight = journaled.in_flight;
+    let mut journaled = super::resume::read(c, &from.events, "");
     if let Some(step) = &from.from_step
         && let Some(&i) = c.index_by_id.get(step)
     {
         for d in std::iter::once(i).chain(c.downstream(i)) {
-            done.remove(&d);
-            in_flight.remove(&d);
+            journaled.done.remove(&d);
+            journaled.in_flight.remove(&d);
         }
     }
     let from = Arc::new(from.clone());
-    let (done, decisions) = decide_in_flight(shared, c, params, &from, "", done, in_flight)
+    let (done, recovered, decisions) = decide_in_flight(shared, c, params, &from, "", journaled)
         .await
         .map_err(super::ExecError::NeedsDecision)?;
     shared.emit(&Event::Resumed {
@@ -488,7 +577,7 @@ pub(super) async fn prepare_resume(
         decisions,
         changed: from.changed,
     });
-    Ok(done)
+    Ok((done, recovered))
 }
 
 /// The steps of a called runbook that a resumed run keeps, when its `call` step continues.
@@ -501,18 +590,10 @@ async fn continue_call(
     params: &ParamValues,
     from: &Arc<super::ResumeFrom>,
     prefix: &str,
-) -> Result<BTreeMap<usize, StepEnd>, Vec<String>> {
+) -> Result<Prior, Vec<String>> {
     let journaled = super::resume::read(c, &from.events, prefix);
-    let (done, decisions) = decide_in_flight(
-        shared,
-        c,
-        params,
-        from,
-        prefix,
-        journaled.done,
-        journaled.in_flight,
-    )
-    .await?;
+    let (done, recovered, decisions) =
+        decide_in_flight(shared, c, params, from, prefix, journaled).await?;
     if !decisions.is_empty() {
         shared.emit(&Event::Resumed {
             run_id: shared.run_id.clone(),
@@ -524,7 +605,24 @@ async fn continue_call(
             changed: from.changed,
         });
     }
-    Ok(done)
+    Ok((done, recovered))
+}
+
+/// Why a step in flight needs an operator's decision.
+fn needs_decision(c: &Compiled, i: usize, failed: bool, gated: bool) -> String {
+    let what = if failed {
+        "failed after its action started"
+    } else {
+        "was in flight when the run stopped"
+    };
+    let why = if c.steps[i].irreversible {
+        "is irreversible: it is never re-run without an explicit decision"
+    } else if gated {
+        "is not idempotent (its effect is unknown), and it has no verify gate that passes"
+    } else {
+        "is not idempotent (its effect is unknown), and it has no verify gate"
+    };
+    format!("{what} and {why}")
 }
 
 /// Decide each in-flight step of `c` (named `prefix/id` inside a called runbook).
@@ -534,10 +632,17 @@ async fn decide_in_flight(
     params: &ParamValues,
     from: &Arc<super::ResumeFrom>,
     prefix: &str,
-    mut done: BTreeMap<usize, StepEnd>,
-    in_flight: std::collections::BTreeSet<usize>,
-) -> Result<(BTreeMap<usize, StepEnd>, Vec<serde_json::Value>), Vec<String>> {
+    journaled: super::resume::Journaled,
+) -> Result<
+    (
+        BTreeMap<usize, StepEnd>,
+        BTreeMap<usize, Recovered>,
+        Vec<serde_json::Value>,
+    ),
+    Vec<String>,
+> {
     use super::Decision;
+    use super::resume::Settled;
     let full = |i: usize| {
         if prefix.is_empty() {
             c.steps[i].id.clone()
@@ -545,16 +650,55 @@ async fn decide_in_flight(
             format!("{prefix}/{}", c.steps[i].id)
         }
     };
+    let mut done = journaled.done;
     let mut state = TemplateState::new(shared, c, params);
     for (i, end) in &done {
         expose(&mut state, c, *i, end);
     }
+    let mut recovered = BTreeMap::new();
     let mut decisions = Vec::new();
     let mut undecided = Vec::new();
-    for i in in_flight {
+    for i in journaled.in_flight {
         let id = full(i);
         let step = c.step(i);
-        let explicit = from.decisions.get(&id).copied();
+        let given = from.decisions.get(&id).copied();
+        let failed = journaled.failed_after_acting.contains(&i);
+        // 0. Its process: a recorded outcome, never started, still running.
+        if let Some(trace) = journaled.process.get(&i) {
+            if trace.retry_due && given.is_none() {
+                decisions.push(serde_json::json!({ "step": id, "decision": "rerun", "reason": format!("attempt {} failed and a retry was due when the run stopped", trace.attempt) }));
+                continue;
+            }
+            match super::resume::settle(shared, &id, trace, given).await {
+                Settled::Exited(rec) if given.and_then(Decision::then).is_none() => {
+                    let result = super::supervise::recovered_result(&rec);
+                    decisions.push(serde_json::json!({ "step": id, "decision": "finished", "reason": format!("its process ended while the engine was down ({}): the step continues from its recorded result", result.summary.trim_end_matches(" (ended while the engine was down)")) }));
+                    recovered.insert(
+                        i,
+                        Recovered {
+                            attempt: trace.attempt.max(1),
+                            result,
+                        },
+                    );
+                    continue;
+                }
+                Settled::NeverStarted(why) if given.and_then(Decision::then).is_none() => {
+                    decisions.push(
+                        serde_json::json!({ "step": id, "decision": "rerun", "reason": why }),
+                    );
+                    continue;
+                }
+                Settled::Unknown { killed: true } => {
+                    decisions.push(serde_json::json!({ "step": id, "decision": "killed", "reason": "its process still ran; killed on the operator's request (--kill-running)" }));
+                }
+                Settled::Running(why) | Settled::Interrupted(why) => {
+                    undecided.push(why);
+                    continue;
+                }
+                Settled::Exited(_) | Settled::NeverStarted(_) | Settled::Unknown { .. } => {}
+            }
+        }
+        let explicit = given.and_then(Decision::then);
         // 1. Verification gates, once, read-only.
         if explicit.is_none() && !step.verify.is_empty() {
             let ctx = ActionCtx {
@@ -602,28 +746,30 @@ async fn decide_in_flight(
             Some(d) => Some((d, "decided by the operator")),
             None if c.steps[i].idempotent => Some((Decision::Rerun, "idempotent: safe to repeat")),
             None if shared.options.interactive => {
-                ask_in_flight(shared, &id, c.steps[i].irreversible)
+                ask_in_flight(shared, &id, c.steps[i].irreversible, failed)
                     .await
                     .map(|d| (d, "decided on the terminal"))
             }
             None => None,
         };
         match decision {
-            Some((Decision::Rerun, why)) => decisions.push(serde_json::json!({ "step": id, "decision": "rerun", "reason": why })),
             Some((Decision::Skip, why)) => {
-                decisions.push(serde_json::json!({ "step": id, "decision": "skip", "reason": why }));
+                decisions
+                    .push(serde_json::json!({ "step": id, "decision": "skip", "reason": why }));
                 let mut end = StepEnd::skipped("skipped on resume by the operator".to_owned());
                 end.status = StepStatus::Succeeded;
                 done.insert(i, end);
             }
+            Some((_, why)) => decisions
+                .push(serde_json::json!({ "step": id, "decision": "rerun", "reason": why })),
             None => undecided.push(format!(
-                "step `{id}` was in flight when the run stopped and {} — pass --rerun {id} or --skip {id}",
-                if c.steps[i].irreversible { "is irreversible: it is never re-run without an explicit decision" } else { "is not idempotent (its effect is unknown), and it has no verify gate that passes" }
+                "step `{id}` {} — pass --rerun {id} or --skip {id}",
+                needs_decision(c, i, failed, !step.verify.is_empty())
             )),
         }
     }
     if undecided.is_empty() {
-        Ok((done, decisions))
+        Ok((done, recovered, decisions))
     } else {
         Err(undecided)
     }
@@ -631,7 +777,8 @@ async fn decide_in_flight(
 
 /// The steps of the runbook called by the in-flight step `name` that were in flight too and
 /// need an operator's decision, so that a resume is refused before anything runs again (steps
-/// with `verify` gates are decided by them when the call continues).
+/// with `verify` gates are decided by them when the call continues, steps whose process the
+/// journal settles by it).
 fn undecided_children(
     c: &Compiled,
     runbook: &str,
@@ -646,17 +793,18 @@ fn undecided_children(
     let journaled = super::resume::read(&callee, &from.events, name);
     journaled
         .in_flight
-        .into_iter()
-        .filter_map(|j| {
+        .iter()
+        .filter_map(|&j| {
             let id = format!("{name}/{}", callee.steps[j].id);
             let step = callee.step(j);
             let decided = from.decisions.contains_key(&id)
                 || callee.steps[j].idempotent
                 || !step.verify.is_empty()
-                || step.call.is_some();
+                || step.call.is_some()
+                || journaled.process.get(&j).is_some_and(super::resume::settles_alone);
             (!decided).then(|| format!(
-                "step `{id}` was in flight when the run stopped and {} — pass --rerun {id} or --skip {id} (or --rerun {name} to start its runbook again)",
-                if callee.steps[j].irreversible { "is irreversible: it is never re-run without an explicit decision" } else { "is not idempotent (its effect is unknown), and it has no verify gate" }
+                "step `{id}` {} — pass --rerun {id} or --skip {id} (or --rerun {name} to start its runbook again)",
+                needs_decision(&callee, j, journaled.failed_after_acting.contains(&j), false)
             ))
         })
         .collect()
@@ -666,10 +814,16 @@ async fn ask_in_flight(
     shared: &Arc<Shared>,
     id: &str,
     irreversible: bool,
+    failed: bool,
 ) -> Option<super::Decision> {
     let s = shared.clone();
     let prompt = format!(
-        "\n┃ step `{id}` was in flight when the run stopped; its effect is unknown{}.\n┃ [r]e-run it, [s]kip it (treat as done), or [a]bort the resume? ",
+        "\n┃ step `{id}` {}; its effect is unknown{}.\n┃ [r]e-run it, [s]kip it (treat as done), or [a]bort the resume? ",
+        if failed {
+            "failed after its action started"
+        } else {
+            "was in flight when the run stopped"
+        },
         if irreversible {
             " and it is IRREVERSIBLE"
         } else {

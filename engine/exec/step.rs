@@ -72,6 +72,16 @@ impl StepEnd {
     }
 }
 
+/// The outcome of an attempt whose process finished while the engine was down, recorded by
+/// its supervisor: a resumed run continues the step from it instead of acting again.
+#[derive(Debug, Clone)]
+pub(super) struct Recovered {
+    /// The attempt that ran.
+    pub attempt: u32,
+    /// Its result, rebuilt from the exit record (exit code, output tails).
+    pub result: ActionResult,
+}
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -83,6 +93,7 @@ pub(super) async fn run_step(
     index: usize,
     renderer: Renderer<'static>,
     id: String,
+    recovered: Option<Recovered>,
 ) -> StepEnd {
     let step = c.step(index);
     let cs = &c.steps[index];
@@ -97,7 +108,9 @@ pub(super) async fn run_step(
         finished_ms: crate::clock::now_ms(),
     };
 
-    if let Some(w) = &step.when {
+    // A recovered attempt acted already: its guard and preconditions held then (they may
+    // not now that it acted), so they are not evaluated again.
+    if let Some(w) = step.when.as_ref().filter(|_| recovered.is_none()) {
         match renderer.eval(&w.value) {
             Ok(v) if v.is_true() => {}
             Ok(_) => {
@@ -140,7 +153,12 @@ pub(super) async fn run_step(
         compiled: c.clone(),
     };
 
-    for (i, (check, timing)) in step.require.iter().zip(&cs.require).enumerate() {
+    let require = if recovered.is_some() {
+        &[][..]
+    } else {
+        &step.require[..]
+    };
+    for (i, (check, timing)) in require.iter().zip(&cs.require).enumerate() {
         if let Err(why) = poll_check(
             &ctx_for(0, timing.timeout, renderer.clone()),
             check,
@@ -177,7 +195,11 @@ pub(super) async fn run_step(
     let mut summary = "gates passed".to_owned();
     let mut attempts = 0;
     if let Some(action) = actions.first() {
-        match attempt_loop(&shared, &ctx_for, &renderer, step, cs, action, &id).await {
+        match attempt_loop(
+            &shared, &ctx_for, &renderer, step, cs, action, &id, recovered,
+        )
+        .await
+        {
             Ok((r, n)) => {
                 summary = r.summary.clone();
                 result = r.value;
@@ -294,7 +316,12 @@ fn check_label(check: &Check, i: usize) -> String {
 type Failure = (StepStatus, serde_json::Value, u32);
 
 /// Attempts of the action, with the retry policy. Returns the successful result and the
-/// number of attempts, or the final status.
+/// number of attempts, or the final status. A `recovered` attempt is not performed again: its
+/// recorded result is judged like a fresh one (assert, retry rules).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the pieces of one step the attempts need"
+)]
 async fn attempt_loop(
     shared: &Arc<Shared>,
     ctx_for: &impl Fn(u32, Duration, Renderer<'static>) -> ActionCtx,
@@ -303,6 +330,7 @@ async fn attempt_loop(
     cs: &CompiledStep,
     action: &Action<'_>,
     id: &str,
+    recovered: Option<Recovered>,
 ) -> Result<(ActionResult, u32), Failure> {
     let policy = &cs.retry;
     let attempts = if matches!(action, Action::Approve(_)) {
@@ -311,14 +339,33 @@ async fn attempt_loop(
         policy.attempts
     };
     let mut last = serde_json::Value::Null;
-    for attempt in 1..=attempts {
-        shared.emit(&Event::StepStarted {
-            step: id.to_owned(),
-            attempt,
-            attempts,
-        });
-        let ctx = ctx_for(attempt, cs.timeout, renderer.clone());
-        let outcome = action.perform(&ctx).await;
+    let first = recovered
+        .as_ref()
+        .map_or(1, |r| r.attempt.clamp(1, attempts));
+    let mut recovered = recovered;
+    // A step's own shell runs under a supervisor that outlives the engine and journals its exit.
+    let db = shared
+        .store
+        .as_ref()
+        .and_then(|s| s.location())
+        .map(std::path::Path::to_path_buf);
+    for attempt in first..=attempts {
+        let outcome = if let Some(r) = recovered.take() {
+            Ok(r.result)
+        } else {
+            shared.emit(&Event::StepStarted {
+                step: id.to_owned(),
+                attempt,
+                attempts,
+            });
+            let ctx = ctx_for(attempt, cs.timeout, renderer.clone());
+            match (action, &db) {
+                (Action::Run(_), Some(db)) => {
+                    super::supervise::scope(db.clone(), action.perform(&ctx)).await
+                }
+                _ => action.perform(&ctx).await,
+            }
+        };
         let (error, retryable) = match outcome {
             Ok(r) => {
                 let ok = match &step.assert {

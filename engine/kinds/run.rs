@@ -128,6 +128,18 @@ mod process {
         stdin: Option<String>,
         timeout: Duration,
     ) -> Result<Finished, ActionError> {
+        // A step's own action runs under a supervisor that outlives the engine (checks and
+        // compensations, read-only or undone anyway, run directly).
+        if let Some(sup) = crate::exec::supervise::current() {
+            let f =
+                crate::exec::supervise::run(ctx, &sup, command, env, cwd, stdin, timeout).await?;
+            return Ok(Finished {
+                exit_code: f.exit_code,
+                stdout: f.stdout,
+                stderr: f.stderr,
+                truncated: f.truncated,
+            });
+        }
         let (out_r, out_w) = std::io::pipe()
             .map_err(|e| ActionError::Failed(format!("failed to create a pipe: {e}")))?;
         let (err_r, err_w) = std::io::pipe()

@@ -532,7 +532,7 @@ fn plan_step(
             None
         } else {
             Some(format!(
-                "not compensated once {} has completed (a point of no return)",
+                "not compensated once {} has started (a point of no return, whatever its outcome)",
                 later_irreversible.join(", ")
             ))
         }

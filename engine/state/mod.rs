@@ -205,6 +205,12 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// A storage failure only.
     fn audit_verify(&self) -> Result<VerifyReport, StateError>;
+
+    /// The database file, when the store is one another process can open (a step's supervisor
+    /// journals there when the engine is gone).
+    fn location(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// The outcome of a run, as stored (lowercase) and shown.

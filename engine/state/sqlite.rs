@@ -1719,6 +1719,10 @@ impl Store for SqliteStore {
         )
     }
 
+    fn location(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+
     fn audit_verify(&self) -> Result<VerifyReport, StateError> {
         self.audit_verify_at(&[])
     }
