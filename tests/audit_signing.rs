@@ -1002,7 +1002,7 @@ fn approvals_written_into_the_table_never_count_and_fail_verification() {
     );
     let edited = tampered(&clean, "approvals-edited", |conn| {
         conn.execute(
-            "UPDATE approvals SET approver = 'root' WHERE approver = 'alice'",
+            "UPDATE approvals SET approver = 'mallory'",
             [],
         )
         .expect("edit the approver");

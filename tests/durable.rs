@@ -166,7 +166,7 @@ fn assert_no_panic(out: &RunOutput) {
     );
 }
 
-/// Processes whose command line mentions `needle` (a test's own temporary directory).
+/// Processes whose command line or environment mentions `needle` (a test's own temporary directory).
 fn processes_mentioning(needle: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -175,9 +175,11 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
         .filter(|&pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
-                && process_alive(pid)
+            // Template values reach a step's shell as environment variables, not in its argv.
+            ["cmdline", "environ"].iter().any(|f| {
+                std::fs::read(format!("/proc/{pid}/{f}"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+            }) && process_alive(pid)
         })
         .collect()
 }

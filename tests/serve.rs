@@ -295,18 +295,14 @@ fn secs(ms: u64) -> String {
 
 /// Check an exposition text with Prometheus's own parser (`promtool check metrics`).
 fn promtool_check(text: &str) {
-    let Ok(mut child) = Command::new("promtool")
+    let promtool = support::tool("promtool", &["/usr/bin/promtool"], "prometheus");
+    let mut child = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-    else {
-        eprintln!(
-            "promtool not found: /metrics is checked by the Prometheus scrape in the e2e test only"
-        );
-        return;
-    };
+        .expect("spawn promtool");
     child
         .stdin
         .take()
@@ -359,26 +355,21 @@ fn fixture_triggers(dir: &TempDir, extra: &str) -> PathBuf {
 fn alert_starts_one_rollback_that_verifies_recovery() {
     let app = support::app::App::start();
     let serve_addr = free_addr();
-    let Some(am) =
-        support::alertmanager::alertmanager(&format!("http://{serve_addr}/alerts"), TOKEN, "2s")
-    else {
-        return;
-    };
+    let am =
+        support::alertmanager::alertmanager(&format!("http://{serve_addr}/alerts"), TOKEN, "2s");
     let rules = format!(
         "groups:\n  - name: app\n    rules:\n      - alert: HighErrorRate\n        expr: >-\n          (sum(rate(http_requests_total{{job=\"app\",code=~\"5..\"}}[5s])) or vector(0))\n          / sum(rate(http_requests_total{{job=\"app\"}}[5s])) > 0.05\n        for: 10s\n        labels: {{severity: page, service: demo}}\n        annotations: {{app_url: '{}', summary: 5xx above 5 %}}\n",
         app.url
     );
     // Prometheus scrapes /metrics with the webhook's token (`/metrics` is not open).
-    let Some(prom) = support::alertmanager::prometheus_scraping(
+    let prom = support::alertmanager::prometheus_scraping(
         &[
             ("app", &app.target, None),
             ("runbook", &serve_addr, Some(TOKEN)),
         ],
         &rules,
         &am.addr,
-    ) else {
-        return;
-    };
+    );
     let dir = TempDir::new("serve-e2e");
     let triggers = dir.write(
         "triggers.yaml",

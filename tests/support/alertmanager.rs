@@ -2,7 +2,7 @@
 //! auth, and a real Prometheus with alert rules that sends to it — the alerting half of the
 //! `runbook serve` tests. Both run on free ports of 127.0.0.1 with throwaway directories, are
 //! killed on drop, or by a watchdog when the test process dies first. Without the binaries the
-//! tests are skipped with a message, except under `CI=true`, where they fail.
+//! tests fail, naming the package to install.
 
 use std::fmt::Write as _;
 use std::net::TcpListener;
@@ -13,23 +13,6 @@ use std::time::{Duration, Instant};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
-/// A binary on PATH or at a Debian path.
-fn find(name: &str, debian: &str) -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    });
-    on_path.or_else(|| Some(PathBuf::from(debian)).filter(|p| p.is_file()))
-}
-
-fn missing(what: &str, package: &str) {
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "`{what}` is not installed: apt-get install {package} (scripts/test does)"
-    );
-    eprintln!("SKIPPED: `{what}` is not installed (apt-get install {package})");
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -140,15 +123,12 @@ impl Drop for Server {
 /// Start Alertmanager routing every alert to `webhook` (a full URL) with
 /// `Authorization: Bearer <token>`, grouping by alertname with no wait and re-notifying every
 /// `repeat` (so a still-firing alert is sent again while its run is in progress).
-pub fn alertmanager(webhook: &str, token: &str, repeat: &str) -> Option<Server> {
-    let Some(bin) = find(
+pub fn alertmanager(webhook: &str, token: &str, repeat: &str) -> Server {
+    let bin = super::tool(
         "prometheus-alertmanager",
-        "/usr/bin/prometheus-alertmanager",
-    )
-    .or_else(|| find("alertmanager", "/usr/bin/alertmanager")) else {
-        missing("prometheus-alertmanager", "prometheus-alertmanager");
-        return None;
-    };
+        &["/usr/bin/prometheus-alertmanager", "/usr/bin/alertmanager"],
+        "prometheus-alertmanager",
+    );
     let dir = temp_dir("alertmanager");
     let config = format!(
         "route:\n  receiver: runbook\n  group_by: [alertname]\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: {repeat}\n\
@@ -157,7 +137,7 @@ pub fn alertmanager(webhook: &str, token: &str, repeat: &str) -> Option<Server> 
     );
     std::fs::write(dir.join("alertmanager.yml"), config).expect("write alertmanager.yml");
     let d = dir.clone();
-    Some(Server::spawn(
+    Server::spawn(
         &bin,
         &dir,
         &move |port| {
@@ -171,13 +151,13 @@ pub fn alertmanager(webhook: &str, token: &str, repeat: &str) -> Option<Server> 
             ]
         },
         "/-/ready",
-    ))
+    )
 }
 
 /// Start Prometheus scraping `targets` (`(job, host:port)`) every second, evaluating `rules`
 /// (the YAML of a rule file) every second and sending alerts to `alertmanager` (`host:port`)
 /// without delay between re-sends.
-pub fn prometheus(targets: &[(&str, &str)], rules: &str, alertmanager: &str) -> Option<Server> {
+pub fn prometheus(targets: &[(&str, &str)], rules: &str, alertmanager: &str) -> Server {
     let targets: Vec<(&str, &str, Option<&str>)> =
         targets.iter().map(|(j, t)| (*j, *t, None)).collect();
     prometheus_scraping(&targets, rules, alertmanager)
@@ -188,11 +168,8 @@ pub fn prometheus_scraping(
     targets: &[(&str, &str, Option<&str>)],
     rules: &str,
     alertmanager: &str,
-) -> Option<Server> {
-    let Some(bin) = find("prometheus", "/usr/bin/prometheus") else {
-        missing("prometheus", "prometheus");
-        return None;
-    };
+) -> Server {
+    let bin = super::prom::binary();
     let dir = temp_dir("prom-alerting");
     let mut scrape = String::new();
     for (job, target, token) in targets {
@@ -214,7 +191,7 @@ pub fn prometheus_scraping(
     std::fs::write(dir.join("prometheus.yml"), config).expect("write prometheus.yml");
     std::fs::write(dir.join("rules.yml"), rules).expect("write rules.yml");
     let d = dir.clone();
-    Some(Server::spawn(
+    Server::spawn(
         &bin,
         &dir,
         &move |port| {
@@ -227,5 +204,5 @@ pub fn prometheus_scraping(
             ]
         },
         "/-/ready",
-    ))
+    )
 }
