@@ -8,6 +8,8 @@
 //! value in a `#` comment is a compile error. `{{ x | safe }}` inserts trusted `PromQL` raw.
 //! The `url` follows the `http` URL rules.
 
+use std::fmt::Write as _;
+
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -156,7 +158,9 @@ pub fn promql_escape(text: &str, quote: char) -> String {
                 out.push(c);
             }
             // Every control character is in the BMP, so four hex digits suffice.
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
             c => out.push(c),
         }
     }
