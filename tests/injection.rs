@@ -1025,6 +1025,24 @@ fn a_promql_value_in_a_comment_is_a_compile_error_and_the_url_follows_http_rules
     assert!(all.contains("PromQL `#` comment"), "{all}");
     // Line 9 of the file, column of `{{` after the block's 12-space indent.
     assert!(all.contains("comment.yaml:9:18"), "{all}");
+    // After an author's `\` the value's own escapes would pair with it: refused too.
+    let file = prom_runbook(
+        &tmp,
+        "bs.yaml",
+        r#"up{job="a\{{ params.v }}"}"#,
+        "result.value > 0",
+    );
+    let out = Runbook::new([
+        "validate".to_owned(),
+        file.to_str().expect("utf-8").to_owned(),
+    ])
+    .run();
+    out.assert_code(2);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        all.contains("right after a `\\` in a PromQL string") && all.contains("bs.yaml:9:23"),
+        "{all}"
+    );
     let host = tmp.write(
         "host.yaml",
         "runbook: host\nparams:\n  v: {type: string}\nsteps:\n  - id: gate\n    verify:\n      - prometheus: {query: up, url: \"http://{{ params.v }}.example.com:9090\"}\n",

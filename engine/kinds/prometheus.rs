@@ -95,6 +95,8 @@ enum Place {
     Raw,
     /// Inside a `#` comment, which a line break would end.
     Comment,
+    /// Right after a string's `\`, which would pair with the value's first escape.
+    AfterBackslash,
 }
 
 /// A piece of query text: a character of the author's, or a value.
@@ -113,7 +115,11 @@ fn places(toks: &[Tok]) -> Vec<Place> {
     for t in toks {
         let c = match *t {
             Tok::Hole => {
-                out.push(place);
+                out.push(if escaped {
+                    Place::AfterBackslash
+                } else {
+                    place
+                });
                 escaped = false;
                 continue;
             }
@@ -227,13 +233,18 @@ pub fn query_problems(text: &str) -> Vec<(usize, String, String)> {
     places(&toks)
         .into_iter()
         .zip(offsets)
-        .filter(|(p, _)| *p == Place::Comment)
-        .map(|(_, at)| {
-            (
+        .filter_map(|(p, at)| match p {
+            Place::Comment => Some((
                 at,
                 "puts a template value in a PromQL `#` comment".to_owned(),
                 "remove it from the comment".to_owned(),
-            )
+            )),
+            Place::AfterBackslash => Some((
+                at,
+                "puts a template value right after a `\\` in a PromQL string".to_owned(),
+                "remove the backslash: the value is escaped for the string already".to_owned(),
+            )),
+            _ => None,
         })
         .collect()
 }
@@ -273,6 +284,11 @@ pub fn build_query(holes: &Holes) -> Result<String, String> {
             Place::Raw if v.text.contains('`') => {
                 error = error.take().or_else(|| {
                     refuse("contains a backtick, which would end its raw `…` string; put the value in a \"…\" string instead")
+                });
+            }
+            Place::AfterBackslash => {
+                error = error.take().or_else(|| {
+                    refuse("follows a `\\` in its PromQL string, which would pair with its escapes")
                 });
             }
             Place::Comment if v.text.contains(['\n', '\r']) => {
@@ -806,6 +822,8 @@ mod query_tests {
         assert!(query("x{job=`{{ params.v }}`}", "a\\\"b").is_ok());
         assert!(query("x{job=`{{ params.v }}`}", "a` or vector(1) #").is_err());
         assert!(query("x # {{ params.v }}\n", "a\nvector(1)").is_err());
+        assert!(query(r#"x{a="\{{ params.v }}"}"#, "\" or vector(1) #").is_err());
+        assert_eq!(query_problems(r#"x{a="\{{ params.v }}"}"#)[0].0, 6);
         assert_eq!(
             query_problems("up # {{ params.v }}\n{x=\"#{{ params.v }}\"}"),
             vec![(
