@@ -28,6 +28,9 @@ pub enum Escape {
     Url,
     /// An SQL query: values become bound `$n` parameters.
     Sql,
+    /// A `PromQL` query: values in string literals are escaped for them, values outside must
+    /// be plain numbers or durations.
+    Promql,
     /// Interpolated as-is (messages, env values, bodies: never parsed by a shell).
     None,
 }
@@ -74,6 +77,20 @@ pub fn shell_quote(s: &str) -> String {
 /// Quote an SQL identifier: `"…"` with inner `"` doubled (the `ident` filter).
 pub fn sql_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `text` with every RE2 metacharacter backslash-escaped, so that a regex (a `PromQL` `=~`
+/// matcher) matches it literally (the `regex_escape` filter). Still a value: where it lands,
+/// it is escaped for its string as any other.
+pub fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if r"\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Marks where a hole is in rendered text: `OPEN index CLOSE` (private-use characters).
@@ -207,6 +224,7 @@ pub fn environment() -> &'static Environment<'static> {
         });
         // Values are always data now; `shell` is kept so older runbooks still compile.
         env.add_filter("shell", |v: Value| v);
+        env.add_filter("regex_escape", |v: Value| regex_escape(&v.to_string()));
         env.add_filter("ident", |v: Value| {
             Value::from_safe_string(sql_ident(&v.to_string()))
         });
@@ -282,7 +300,7 @@ impl Renderer<'_> {
         }
         match escape {
             Escape::Shell => Ok(self.shell(text, &|v| v.to_owned())?.display),
-            Escape::Url | Escape::Sql => Ok(self.holes(text)?.plain()),
+            Escape::Url | Escape::Sql | Escape::Promql => Ok(self.holes(text)?.plain()),
             Escape::None => self
                 .env
                 .render_str(text, &self.ctx)

@@ -843,3 +843,217 @@ fn a_context_known_only_after_rendering_is_refused_at_run_time() {
     assert!(!tmp.join(MARKER).exists());
     assert!(!tmp.join("out.txt").exists(), "the command ran");
 }
+
+// ---------------------------------------------------------------------------------------------
+// PromQL: a real Prometheus scraping an app whose series the test controls.
+
+/// A label value as the Prometheus text exposition format writes it.
+fn exposition_escape(v: &str) -> String {
+    v.replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
+}
+
+/// A runbook whose one gate checks `query` (a literal block line) with `assert`.
+fn prom_runbook(dir: &TempDir, name: &str, query: &str, assert: &str) -> PathBuf {
+    dir.write(
+        name,
+        &format!(
+            "runbook: prom-inject\nparams:\n  v: {{type: string}}\nsteps:\n  - id: gate\n    verify:\n      - prometheus:\n          query: |-\n            {query}\n        assert: {assert}\n"
+        ),
+    )
+}
+
+fn prom_exec(file: &Path, url: &str, v: &str) -> support::RunOutput {
+    Runbook::exec(file)
+        .json()
+        .param("v", v)
+        .env("RUNBOOK_PROMETHEUS_URL", url)
+        .run()
+}
+
+fn gate_detail(out: &support::RunOutput) -> String {
+    out.of_step("check", "gate")
+        .last()
+        .and_then(|e| e["detail"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn hostile_promql_label_values_cannot_change_the_query() {
+    let app = support::prom::MetricsApp::start();
+    let prom = support::prom::Prometheus::start(&[&app.target]);
+    // A series whose label value is itself hostile: escaped, the value must select exactly it.
+    let hostile = "\"} or vector(1) # \\ \n' `x";
+    app.add(&exposition_escape(hostile), 7.0);
+    app.set_rate("200", 10.0);
+    let dir = TempDir::new("inject-prom");
+    let rate = r#"sum(rate(http_requests_total{job="{{ params.v }}"}[1m]))"#;
+
+    // The control: the gate passes for the real job, so the refusals below are not vacuous.
+    let file = dir.write(
+        "control.yaml",
+        &format!(
+            "runbook: prom-inject\nparams:\n  v: {{type: string}}\nsteps:\n  - id: gate\n    verify:\n      - prometheus:\n          query: |-\n            {rate}\n        assert: result.value > 0\n        within: 30s\n        interval: 500ms\n"
+        ),
+    );
+    prom_exec(&file, &prom.url, "app").assert_code(0);
+
+    // Hostile jobs: the value stays one label value; no series has it, so the gate fails on an
+    // empty result, never on `vector(1)`.
+    let file = prom_runbook(&dir, "rate.yaml", rate, "result.value > 0");
+    for v in [
+        "\"} or vector(1) #",
+        "app\"} or vector(1) #",
+        "app\\\"} or vector(1) #",
+        "app\\",
+        "app\"}\nor vector(1)",
+        "app\"} or vector(1) or x{a=\"",
+    ] {
+        let out = prom_exec(&file, &prom.url, v);
+        out.assert_code(1);
+        assert_eq!(
+            gate_detail(&out),
+            "query returned no data (on_empty: fail)",
+            "value {v:?}\n{}",
+            out.dump()
+        );
+    }
+    let single = prom_runbook(
+        &dir,
+        "single.yaml",
+        "sum(rate(http_requests_total{job='{{ params.v }}'}[1m]))",
+        "result.value > 0",
+    );
+    prom_exec(&single, &prom.url, "app").assert_code(0);
+    let out = prom_exec(&single, &prom.url, "app'} or vector(1) #");
+    out.assert_code(1);
+    assert_eq!(gate_detail(&out), "query returned no data (on_empty: fail)");
+
+    // The hostile value selects exactly the series labelled with it, in every quoting.
+    for (name, query) in [
+        (
+            "dq.yaml",
+            r#"sum(http_requests_total{code="{{ params.v }}"})"#,
+        ),
+        ("sq.yaml", "sum(http_requests_total{code='{{ params.v }}'})"),
+        (
+            "re.yaml",
+            r#"sum(http_requests_total{code=~"{{ params.v | regex_escape }}"})"#,
+        ),
+    ] {
+        let file = prom_runbook(&dir, name, query, "result.value == 7");
+        let out = prom_exec(&file, &prom.url, hostile);
+        out.assert_code(0);
+        assert!(
+            gate_detail(&out).starts_with("value 7"),
+            "{name}\n{}",
+            out.dump()
+        );
+    }
+
+    // Regex metacharacters in a value still act as regex; `| regex_escape` makes them literal.
+    let re = prom_runbook(
+        &dir,
+        "re2.yaml",
+        r#"sum(rate(http_requests_total{job=~"{{ params.v }}"}[1m]))"#,
+        "result.value > 0",
+    );
+    prom_exec(&re, &prom.url, "a.p").assert_code(0);
+    let re = prom_runbook(
+        &dir,
+        "re3.yaml",
+        r#"sum(rate(http_requests_total{job=~"{{ params.v | regex_escape }}"}[1m]))"#,
+        "result.value > 0",
+    );
+    prom_exec(&re, &prom.url, "a.p").assert_code(1);
+
+    // Outside a string only a plain number or duration is data: anything else is refused
+    // before the query is sent.
+    let bare = prom_runbook(
+        &dir,
+        "bare.yaml",
+        &format!(
+            "{} > {{{{ params.v }}}}",
+            rate.replace("{{ params.v }}", "app")
+        ),
+        "result.value > 0",
+    );
+    prom_exec(&bare, &prom.url, "0").assert_code(0);
+    let out = prom_exec(&bare, &prom.url, "0 or vector(1)");
+    out.assert_code(1);
+    let detail = gate_detail(&out);
+    assert!(
+        detail.contains("outside a PromQL string and is not a plain number or duration"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        !out.of_step("command", "gate")
+            .iter()
+            .any(|c| c["command"].as_str().is_some_and(|s| s.contains("vector"))),
+        "the refused query was sent\n{}",
+        out.dump()
+    );
+    let window = prom_runbook(
+        &dir,
+        "window.yaml",
+        r#"sum(rate(http_requests_total{job="app"}[{{ params.v }}]))"#,
+        "result.value > 0",
+    );
+    prom_exec(&window, &prom.url, "1m").assert_code(0);
+    prom_exec(&window, &prom.url, "1m]) or vector(1) or (x[1m").assert_code(1);
+}
+
+#[test]
+fn a_promql_value_in_a_comment_is_a_compile_error_and_the_url_follows_http_rules() {
+    let tmp = TempDir::new("inject-prom-compile");
+    let file = prom_runbook(
+        &tmp,
+        "comment.yaml",
+        "up # {{ params.v }}",
+        "result.value > 0",
+    );
+    let out = Runbook::new([
+        "validate".to_owned(),
+        file.to_str().expect("utf-8").to_owned(),
+    ])
+    .run();
+    out.assert_code(2);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(all.contains("PromQL `#` comment"), "{all}");
+    // Line 9 of the file, column of `{{` after the block's 12-space indent.
+    assert!(all.contains("comment.yaml:9:18"), "{all}");
+    // After an author's `\` the value's own escapes would pair with it: refused too.
+    let file = prom_runbook(
+        &tmp,
+        "bs.yaml",
+        r#"up{job="a\{{ params.v }}"}"#,
+        "result.value > 0",
+    );
+    let out = Runbook::new([
+        "validate".to_owned(),
+        file.to_str().expect("utf-8").to_owned(),
+    ])
+    .run();
+    out.assert_code(2);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        all.contains("right after a `\\` in a PromQL string") && all.contains("bs.yaml:9:23"),
+        "{all}"
+    );
+    let host = tmp.write(
+        "host.yaml",
+        "runbook: host\nparams:\n  v: {type: string}\nsteps:\n  - id: gate\n    verify:\n      - prometheus: {query: up, url: \"http://{{ params.v }}.example.com:9090\"}\n",
+    );
+    let out = Runbook::new([
+        "validate".to_owned(),
+        host.to_str().expect("utf-8").to_owned(),
+    ])
+    .run();
+    out.assert_code(2);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(all.contains("scheme or host"), "{all}");
+    assert!(all.contains("host.yaml:7:"), "{all}");
+}

@@ -186,6 +186,7 @@ fn placement(c: &Compiled, scope: Scope, f: &TemplateField<'_>, diags: &mut Vec<
             .collect(),
         Escape::Url => kinds::http::url_problems(f.text),
         Escape::Sql => kinds::sql::query_problems(f.text),
+        Escape::Promql => kinds::prometheus::query_problems(f.text),
         Escape::None => return,
     };
     for (offset, what, fix) in problems {

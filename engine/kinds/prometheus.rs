@@ -1,11 +1,21 @@
 //! `prometheus`: a `PromQL` check, instant or sustained over a window.
+//!
+//! Template values in the query are data. Inside a `PromQL` string literal (`"…"`, `'…'`) a
+//! value is escaped by the string's rules (backslash, the quote, control characters), so it
+//! cannot close the string and add matchers or operators; inside a raw string (`` `…` ``) a
+//! value with a backtick is refused (raw strings have no escapes). Outside a string a value
+//! must be a plain number or duration (`0.05`, `5m`), checked before the query is sent; a
+//! value in a `#` comment is a compile error. `{{ x | safe }}` inserts trusted `PromQL` raw.
+//! The `url` follows the `http` URL rules.
+
+use std::fmt::Write as _;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{DescriptionLine, Kind, TemplateField};
 use crate::model::{DurationText, Spanned};
-use crate::template::{Escape, RenderError, Renderer};
+use crate::template::{Escape, Holes, Piece, RenderError, Renderer, SourcePart, source_parts};
 
 /// A `PromQL` query.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -52,10 +62,10 @@ impl Kind for PrometheusSpec {
         let mut out = vec![TemplateField::new(
             "prometheus.query",
             &self.query,
-            Escape::None,
+            Escape::Promql,
         )];
         if let Some(url) = &self.url {
-            out.push(TemplateField::new("prometheus.url", url, Escape::None));
+            out.push(TemplateField::new("prometheus.url", url, Escape::Url));
         }
         out
     }
@@ -63,18 +73,246 @@ impl Kind for PrometheusSpec {
         false
     }
     fn describe(&self, r: &Renderer<'_>) -> Result<Vec<DescriptionLine>, RenderError> {
-        let mut out = vec![(
-            "promql".to_owned(),
-            r.render(&self.query.value, Escape::None)?,
-        )];
+        let mut out = vec![("promql".to_owned(), render_query(r, &self.query.value)?)];
         if let Some(w) = &self.sustained {
             out.push(("sustained for".to_owned(), w.value.0.clone()));
         }
         if let Some(url) = &self.url {
-            out.push(("server".to_owned(), r.render(&url.value, Escape::None)?));
+            out.push(("server".to_owned(), super::http::render_url(r, &url.value)?));
         }
         Ok(out)
     }
+}
+
+/// Where a value lands in a `PromQL` query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Outside any string literal: only a plain number or duration is data there.
+    Bare,
+    /// Inside a `"…"` or `'…'` string: escaped for it.
+    Quoted(char),
+    /// Inside a `` `…` `` raw string, which has no escapes.
+    Raw,
+    /// Inside a `#` comment, which a line break would end.
+    Comment,
+    /// Right after a string's `\`, which would pair with the value's first escape.
+    AfterBackslash,
+}
+
+/// A piece of query text: a character of the author's, or a value.
+#[derive(Debug, Clone, Copy)]
+enum Tok {
+    Char(char),
+    Hole,
+}
+
+/// The place of each hole among `toks`, read the way the `PromQL` lexer reads strings and
+/// comments.
+fn places(toks: &[Tok]) -> Vec<Place> {
+    let mut place = Place::Bare;
+    let mut escaped = false;
+    let mut out = Vec::new();
+    for t in toks {
+        let c = match *t {
+            Tok::Hole => {
+                out.push(if escaped {
+                    Place::AfterBackslash
+                } else {
+                    place
+                });
+                escaped = false;
+                continue;
+            }
+            Tok::Char(c) => c,
+        };
+        place = match place {
+            Place::Bare => match c {
+                '"' | '\'' => Place::Quoted(c),
+                '`' => Place::Raw,
+                '#' => Place::Comment,
+                _ => Place::Bare,
+            },
+            Place::Quoted(q) if escaped => {
+                escaped = false;
+                Place::Quoted(q)
+            }
+            Place::Quoted(q) if c == '\\' => {
+                escaped = true;
+                Place::Quoted(q)
+            }
+            Place::Quoted(q) if c == q => Place::Bare,
+            Place::Raw if c == '`' => Place::Bare,
+            Place::Comment if c == '\n' => Place::Bare,
+            p => p,
+        };
+    }
+    out
+}
+
+/// `text` as the inside of a `PromQL` string quoted with `quote` (Go's escapes, which `PromQL`
+/// strings use): backslash, the quote and control characters are escaped.
+pub fn promql_escape(text: &str, quote: char) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            // Every control character is in the BMP, so four hex digits suffice.
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether `text` is a plain `PromQL` number (`42`, `-0.5`, `1e3`) or duration (`5m`, `1h30m`):
+/// the only values that are data outside a string literal.
+fn number_or_duration(text: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let number = || {
+        let s = text.strip_prefix(['-', '+']).unwrap_or(text);
+        let (mantissa, exponent) = match s.split_once(['e', 'E']) {
+            Some((m, e)) => (m, Some(e.strip_prefix(['-', '+']).unwrap_or(e))),
+            None => (s, None),
+        };
+        let mantissa_ok = match mantissa.split_once('.') {
+            Some((i, f)) => {
+                (digits(i) || i.is_empty())
+                    && (digits(f) || f.is_empty())
+                    && !(i.is_empty() && f.is_empty())
+            }
+            None => digits(mantissa),
+        };
+        mantissa_ok && exponent.is_none_or(digits)
+    };
+    let duration = || {
+        let mut rest = text;
+        while !rest.is_empty() {
+            let n = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if n == 0 {
+                return false;
+            }
+            rest = &rest[n..];
+            let unit = ["ms", "s", "m", "h", "d", "w", "y"]
+                .into_iter()
+                .find(|u| rest.starts_with(u));
+            let Some(unit) = unit else { return false };
+            rest = &rest[unit.len()..];
+        }
+        !text.is_empty()
+    };
+    number() || duration()
+}
+
+const BARE_FIX: &str = "put the value inside a PromQL string (`{job=\"{{ params.job }}\"}`), pass a plain number or duration (`0.05`, `5m`), or mark trusted PromQL with `{{ x | safe }}`";
+
+/// Interpolations of a query that land in a `#` comment (a line break in the value would end
+/// the comment): the byte offset of each one's `{{`, what is wrong and the fix. Values outside
+/// strings are checked when rendered, for they may be numbers or durations.
+pub fn query_problems(text: &str) -> Vec<(usize, String, String)> {
+    let mut toks = Vec::new();
+    let mut offsets = Vec::new();
+    for p in source_parts(text) {
+        match &p {
+            SourcePart::Text(t) => toks.extend(t.chars().map(Tok::Char)),
+            SourcePart::Expr { .. } if p.filtered_by("safe") => toks.push(Tok::Char('x')),
+            SourcePart::Expr { offset, .. } => {
+                toks.push(Tok::Hole);
+                offsets.push(*offset);
+            }
+        }
+    }
+    places(&toks)
+        .into_iter()
+        .zip(offsets)
+        .filter_map(|(p, at)| match p {
+            Place::Comment => Some((
+                at,
+                "puts a template value in a PromQL `#` comment".to_owned(),
+                "remove it from the comment".to_owned(),
+            )),
+            Place::AfterBackslash => Some((
+                at,
+                "puts a template value right after a `\\` in a PromQL string".to_owned(),
+                "remove the backslash: the value is escaped for the string already".to_owned(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Build a query from its rendered template: values in strings escaped for them, values
+/// outside strings checked to be plain numbers or durations. Plan-time placeholders are shown
+/// as they are.
+///
+/// # Errors
+/// A value outside a string that is not a number or duration, a value with a backtick in a raw
+/// string, a value with a line break in a comment.
+pub fn build_query(holes: &Holes) -> Result<String, String> {
+    let mut toks = Vec::new();
+    for p in holes.pieces() {
+        match p {
+            Piece::Text(t) => toks.extend(t.chars().map(Tok::Char)),
+            Piece::Hole(_) => toks.push(Tok::Hole),
+        }
+    }
+    let places = places(&toks);
+    let mut error = None;
+    let query = holes.join(|i, v| {
+        if v.placeholder {
+            return v.text.clone();
+        }
+        let n = i + 1;
+        let refuse = |what: &str| Some(format!("value {n} of the query {what}"));
+        match places[i] {
+            Place::Quoted(q) => return promql_escape(&v.text, q),
+            Place::Bare if !number_or_duration(&v.text) => {
+                error = error.take().or_else(|| {
+                    refuse(&format!(
+                        "is outside a PromQL string and is not a plain number or duration; {BARE_FIX}"
+                    ))
+                });
+            }
+            Place::Raw if v.text.contains('`') => {
+                error = error.take().or_else(|| {
+                    refuse("contains a backtick, which would end its raw `…` string; put the value in a \"…\" string instead")
+                });
+            }
+            Place::AfterBackslash => {
+                error = error.take().or_else(|| {
+                    refuse("follows a `\\` in its PromQL string, which would pair with its escapes")
+                });
+            }
+            Place::Comment if v.text.contains(['\n', '\r']) => {
+                error = error
+                    .take()
+                    .or_else(|| refuse("contains a line break, which would end its `#` comment"));
+            }
+            _ => {}
+        }
+        v.text.clone()
+    });
+    match error {
+        Some(e) => Err(e),
+        None => Ok(query),
+    }
+}
+
+/// Render a query template and build it with [`build_query`].
+///
+/// # Errors
+/// When the template does not render, or a value could not be data where it is.
+pub fn render_query(r: &Renderer<'_>, text: &str) -> Result<String, RenderError> {
+    let holes = r.holes(text)?;
+    build_query(&holes).map_err(RenderError::invalid)
 }
 
 /// Environment variable naming the Prometheus server when neither the check nor the runbook does.
@@ -174,7 +412,7 @@ impl PrometheusSpec {
         use crate::exec::ActionError;
         let r = ctx.renderer();
         let render = |t: &str| {
-            r.render(t, Escape::None)
+            super::http::render_url(&r, t)
                 .map(|s| s.trim().to_owned())
                 .map_err(|e| ActionError::Failed(e.to_string()))
         };
@@ -373,10 +611,8 @@ impl super::Perform for PrometheusSpec {
     fn perform<'a>(&'a self, ctx: &'a crate::exec::ActionCtx) -> super::PerformFuture<'a> {
         Box::pin(async move {
             use crate::exec::ActionError;
-            let query = ctx
-                .renderer()
-                .render(&self.query.value, Escape::None)
-                .map_err(|e| ActionError::Failed(e.to_string()))?;
+            let query = render_query(&ctx.renderer(), &self.query.value)
+                .map_err(|e| ActionError::Failed(ctx.mask(&e.to_string())))?;
             let server = self.server(ctx)?;
             let mode = self.mode()?;
             let (path, params) = match mode {
@@ -523,5 +759,78 @@ mod tests {
         let r = result_of(&spec(OnEmpty::Zero), &data, Mode::Instant, json!({})).expect("zero");
         assert!(r.ok);
         assert_eq!(r.value["value"], json!(0.0));
+    }
+}
+
+#[cfg(test)]
+mod query_tests {
+    use super::{build_query, number_or_duration, promql_escape, query_problems};
+    use crate::template::Renderer;
+
+    fn query(template: &str, v: &str) -> Result<String, String> {
+        let r = Renderer::new(minijinja::context! { params => minijinja::context! { v => v } });
+        build_query(&r.holes(template).expect("renders"))
+    }
+
+    #[test]
+    fn values_in_strings_are_escaped_for_their_quote() {
+        assert_eq!(
+            query(r#"x{job="{{ params.v }}"}"#, "\"} or vector(1) #").unwrap(),
+            r#"x{job="\"} or vector(1) #"}"#
+        );
+        assert_eq!(
+            query("x{job='{{ params.v }}'}", "a'b\"\\\n\u{1}").unwrap(),
+            r#"x{job='a\'b"\\\n\u0001'}"#
+        );
+        assert_eq!(promql_escape("\\\"", '"'), r#"\\\""#);
+        // An escaped quote of the author's does not end the string.
+        assert_eq!(
+            query(r#"x{job="a\"{{ params.v }}"}"#, "\"").unwrap(),
+            r#"x{job="a\"\""}"#
+        );
+        let re =
+            Renderer::new(minijinja::context! { params => minijinja::context! { v => "a.b(c)" } });
+        let h = re
+            .holes(r#"x{job=~"{{ params.v | regex_escape }}"}"#)
+            .unwrap();
+        assert_eq!(build_query(&h).unwrap(), r#"x{job=~"a\\.b\\(c\\)"}"#);
+    }
+
+    #[test]
+    fn bare_values_must_be_numbers_or_durations() {
+        assert_eq!(query("x > {{ params.v }}", "0.05").unwrap(), "x > 0.05");
+        assert_eq!(
+            query("rate(x[{{ params.v }}])", "1h30m").unwrap(),
+            "rate(x[1h30m])"
+        );
+        let e = query("x > {{ params.v }}", "0 or vector(1)").unwrap_err();
+        assert!(
+            e.contains("value 1 of the query is outside a PromQL string"),
+            "{e}"
+        );
+        assert!(query("{{ params.v | safe }}", "up or vector(1)").is_ok());
+        for ok in ["1", "-2.5", ".5", "1e3", "5m", "10ms", "1y2w"] {
+            assert!(number_or_duration(ok), "{ok}");
+        }
+        for bad in ["", ".", "1m x", "5 m", "1e", "NaN", "x", "1)", "5mm"] {
+            assert!(!number_or_duration(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn raw_strings_and_comments_refuse_what_would_end_them() {
+        assert!(query("x{job=`{{ params.v }}`}", "a\\\"b").is_ok());
+        assert!(query("x{job=`{{ params.v }}`}", "a` or vector(1) #").is_err());
+        assert!(query("x # {{ params.v }}\n", "a\nvector(1)").is_err());
+        assert!(query(r#"x{a="\{{ params.v }}"}"#, "\" or vector(1) #").is_err());
+        assert_eq!(query_problems(r#"x{a="\{{ params.v }}"}"#)[0].0, 6);
+        assert_eq!(
+            query_problems("up # {{ params.v }}\n{x=\"#{{ params.v }}\"}"),
+            vec![(
+                5,
+                "puts a template value in a PromQL `#` comment".to_owned(),
+                "remove it from the comment".to_owned()
+            )]
+        );
     }
 }
