@@ -1001,11 +1001,8 @@ fn approvals_written_into_the_table_never_count_and_fail_verification() {
         ok.dump()
     );
     let edited = tampered(&clean, "approvals-edited", |conn| {
-        conn.execute(
-            "UPDATE approvals SET approver = 'mallory'",
-            [],
-        )
-        .expect("edit the approver");
+        conn.execute("UPDATE approvals SET approver = 'mallory'", [])
+            .expect("edit the approver");
     });
     assert_rejected(
         &cli(&edited, &["audit", "verify"]).run(),

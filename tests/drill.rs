@@ -549,9 +549,10 @@ fn generated_secret_files() -> Vec<PathBuf> {
     out
 }
 
-/// The whole `drills/local.yaml` as a new user runs it: both scenarios. `db-restore` runs a
-/// throwaway cluster of the PostgreSQL the other tests use (missing fails the test) through `runbooks/migration-restore.yaml`; its RPO is the restored backup's
-/// age when the fault hit, and the password the drill generated is nowhere in the output, the
+/// The whole `drills/local.yaml` as a new user runs it: both scenarios. `db-restore` restores a
+/// throwaway cluster (the server binaries the other `PostgreSQL` tests use; missing fails the
+/// test) through `runbooks/migration-restore.yaml`; its RPO is the restored backup's age when
+/// the fault hit, and the password the drill generated is nowhere in the output, the
 /// reports, the journal or the audit log.
 #[test]
 fn the_whole_local_drill_restores_a_local_postgres_and_never_shows_its_password() {
