@@ -3,14 +3,21 @@
 //! by a real HTTP server on 127.0.0.1 in response headers and bodies, and passed through
 //! `outputs` into later steps; then every way the run can be read back is scanned for the secret
 //! and each derived form: every `--output` mode, `logs`, `show`, `report` in every format,
-//! `audit export`, `runs`, `runbook check`, and the raw bytes of every file in the state
-//! directory.
+//! `audit export`, `runs`, `runbook check`, the raw bytes of every file in the state
+//! directory (the database's `-wal` included, read while a run holds it open), and `/runs` of
+//! `runbook serve`.
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use sha2::Digest as _;
 
 use support::{RunOutput, Runbook, TempDir};
 
@@ -385,4 +392,206 @@ fn a_secret_shorter_than_four_characters_is_refused() {
         .param("pw", "xyz")
         .run();
     out.assert_code(2);
+}
+
+/// The runbook of [`a_live_run_leaks_nothing_through_its_wal_or_serve`]: echo every secret, then
+/// wait for an approval, so the database and its `-wal` are open while the test reads them.
+fn waiting_runbook(dir: &TempDir) -> std::path::PathBuf {
+    dir.write(
+        "waiting.yaml",
+        r#"runbook: leaky-waiting
+description: Echo secrets, then wait for a person.
+params:
+  pw:
+    type: string
+    secret: true
+secrets:
+  hdr: {env: RB_HDR}
+  tok: {env: RB_TOK}
+steps:
+  - id: echo
+    run: printf '%s\n' {{ secrets.tok }} {{ params.pw }} {{ secrets.hdr }}
+    outputs:
+      seen: result.stdout
+  - id: go
+    needs: [echo]
+    approve: {message: "go on with {{ steps.echo.outputs.seen }}?"}
+  - id: after
+    needs: [go]
+    run: echo "{{ secrets.tok }}"
+"#,
+    )
+}
+
+fn sha256_hex(s: &str) -> String {
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .fold(String::new(), |mut h, b| {
+            let _ = write!(h, "{b:02x}");
+            h
+        })
+}
+
+/// `GET path` with a bearer token; the status and the raw response.
+fn get(addr: &str, path: &str, token: &str) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).expect("connect to runbook serve");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write request");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let status = String::from_utf8_lossy(&answer)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+/// While a run waits for approval (its database and `-wal` open), every byte of the state
+/// directory, and `/runs` of a `runbook serve` sharing it, are free of every form of the secrets.
+#[test]
+fn a_live_run_leaks_nothing_through_its_wal_or_serve() {
+    let dir = TempDir::new("secrets-live");
+    let state = TempDir::new("secrets-live-state");
+    let rb = waiting_runbook(&dir);
+    let mut exec = Command::new(env!("CARGO_BIN_EXE_runbook"))
+        .arg("exec")
+        .arg(&rb)
+        .args(["-p", &format!("pw={PW}"), "--output", "json"])
+        .env("RUNBOOK_STATE_DIR", state.str())
+        .env("RB_HDR", HDR)
+        .env("RB_TOK", TOK)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn runbook exec");
+    support::alertmanager::watchdog(exec.id());
+    let (tx, rx) = mpsc::channel();
+    let stdout = exec.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    let mut run_id = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen
+        .iter()
+        .any(|l| String::from_utf8_lossy(l).contains("\"approval_waiting\""))
+    {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("the run never waited for approval: {seen:?}"));
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line)
+            && v["event"] == "run_started"
+        {
+            run_id = v["run_id"].as_str().unwrap_or_default().to_owned();
+        }
+        seen.push(line);
+    }
+    assert!(!run_id.is_empty(), "no run_started event: {seen:?}");
+
+    // The database and its write-ahead log, as they are while the run holds them open.
+    let mut all = Vec::new();
+    files(state.path(), &mut all);
+    let wal = all
+        .iter()
+        .find(|(p, _)| p.ends_with("-wal"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no -wal file while the run is open: {:?}",
+                all.iter().map(|(p, _)| p).collect::<Vec<_>>()
+            )
+        });
+    assert!(!wal.1.is_empty(), "the -wal file is empty");
+    for (path, bytes) in &all {
+        assert_clean(&format!("{path} (live run)"), bytes);
+    }
+
+    // `runbook serve` on the same state directory lists the run without its secrets.
+    let trivial = dir.write(
+        "trivial.yaml",
+        "runbook: trivial\ndescription: nothing\nsteps:\n  - id: a\n    run: 'true'\n",
+    );
+    let triggers = dir.write(
+        "triggers.yaml",
+        &format!(
+            "auth:\n  bearer: {{env: RB_WEBHOOK}}\n  approvers:\n    - {{name: alice, token_sha256: {}}}\ntriggers:\n  - name: t\n    alertname: T\n    runbook: {}\n",
+            sha256_hex("alice-token-77e1"),
+            trivial.display()
+        ),
+    );
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_runbook"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--triggers"])
+        .arg(&triggers)
+        .env("RUNBOOK_STATE_DIR", state.str())
+        .env("RB_WEBHOOK", "webhook-token-31c9")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn runbook serve");
+    support::alertmanager::watchdog(serve.id());
+    let (atx, arx) = mpsc::channel();
+    let err = serve.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        let mut log = Vec::new();
+        for line in BufReader::new(err).split(b'\n').map_while(Result::ok) {
+            let text = String::from_utf8_lossy(&line).into_owned();
+            if let Some(rest) = text.split_once("listening on http://").map(|(_, r)| r) {
+                let _ = atx.send(Ok(rest.split_whitespace().next().unwrap_or("").to_owned()));
+            }
+            log.push(line);
+        }
+        let _ = atx.send(Err(log));
+    });
+    let addr = match arx.recv_timeout(Duration::from_secs(20)) {
+        Ok(Ok(addr)) => addr,
+        other => panic!("runbook serve did not start: {other:?}"),
+    };
+    let (status, body) = get(&addr, "/runs", "alice-token-77e1");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        String::from_utf8_lossy(&body).contains(&run_id),
+        "/runs does not list the run: {}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_clean("serve /runs", &body);
+    let _ = serve.kill();
+    let _ = serve.wait();
+    if let Ok(Err(log)) = arx.recv_timeout(Duration::from_secs(5)) {
+        for line in &log {
+            assert_clean("serve log", line);
+        }
+    }
+
+    // Let the run finish; its output and the state stay clean.
+    let approved = cli(&state, &["approve", &run_id, "go"]);
+    approved.assert_code(0);
+    assert_output_clean("approve", &approved);
+    let done = exec.wait().expect("wait for exec");
+    for line in rx.try_iter() {
+        seen.push(line);
+    }
+    let mut stderr = Vec::new();
+    if let Some(mut e) = exec.stderr.take() {
+        let _ = e.read_to_end(&mut stderr);
+    }
+    assert_eq!(done.code(), Some(0), "{}", String::from_utf8_lossy(&stderr));
+    for line in &seen {
+        assert_clean("exec --output json (live run)", line);
+    }
+    assert_clean("exec stderr (live run)", &stderr);
+    let mut all = Vec::new();
+    files(state.path(), &mut all);
+    for (path, bytes) in &all {
+        assert_clean(&format!("{path} (finished run)"), bytes);
+    }
 }
