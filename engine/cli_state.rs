@@ -246,6 +246,17 @@ pub fn show(dir: Option<PathBuf>, run_id: &str) -> u8 {
         "params:  {}",
         crate::terminal::escape_json(&r.params.to_string())
     );
+    let undone: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == "compensated" && e.data["ok"] != true)
+        .filter_map(|e| e.step.as_deref())
+        .collect();
+    if !undone.is_empty() {
+        outln!(
+            "not undone: {} (compensation failed; still in effect)",
+            crate::terminal::escape(&undone.join(", "))
+        );
+    }
     outln!();
     for e in &events {
         let d = &e.data;

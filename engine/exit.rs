@@ -22,6 +22,9 @@ pub const TAMPERED: u8 = 7;
 /// A drill scenario proved nothing: its injected fault was never detected (and no scenario
 /// failed outright, which is exit 1).
 pub const DRILL_INVALID: u8 = 8;
+/// A step failed and the run rolled back, but a compensation failed: some completed steps were
+/// left un-undone and need a human.
+pub const ROLLBACK_INCOMPLETE: u8 = 9;
 /// A bug or an environment failure the engine could not attribute to the runbook.
 pub const INTERNAL: u8 = 70;
 
@@ -37,4 +40,5 @@ Exit codes:
   6   state problem: lock held, unknown run, runbook changed, state unreadable
   7   audit log verification failed (tampering detected)
   8   drill invalid: an injected fault was never detected
+  9   a step failed; the rollback is incomplete (a compensation failed)
   70  internal error";

@@ -162,6 +162,7 @@ impl JournalReporter {
                 let stored = match status.as_str() {
                     "succeeded" => StoredStatus::Succeeded,
                     "rolled_back" => StoredStatus::RolledBack,
+                    "rollback_incomplete" => StoredStatus::RollbackIncomplete,
                     "aborted" => StoredStatus::Aborted,
                     "cancelled" => StoredStatus::Cancelled,
                     _ => StoredStatus::Failed,

@@ -70,8 +70,10 @@ pub enum RunStatus {
     Succeeded,
     /// A step failed; no rollback.
     Failed,
-    /// A step failed; compensations ran.
+    /// A step failed; compensations ran, and all of them worked.
     RolledBack,
+    /// A step failed; compensations ran, and at least one failed: its step is still in effect.
+    RollbackIncomplete,
     /// A guard failed or an approval was denied.
     Aborted,
     /// Ctrl-C, SIGTERM or the whole-run timeout.
@@ -85,6 +87,7 @@ impl RunStatus {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
             RunStatus::RolledBack => "rolled_back",
+            RunStatus::RollbackIncomplete => "rollback_incomplete",
             RunStatus::Aborted => "aborted",
             RunStatus::Cancelled => "cancelled",
         }
@@ -96,6 +99,7 @@ impl RunStatus {
             RunStatus::Succeeded => crate::exit::SUCCESS,
             RunStatus::Failed => crate::exit::STEP_FAILED,
             RunStatus::RolledBack => crate::exit::ROLLED_BACK,
+            RunStatus::RollbackIncomplete => crate::exit::ROLLBACK_INCOMPLETE,
             RunStatus::Aborted => crate::exit::ABORTED,
             RunStatus::Cancelled => crate::exit::CANCELLED,
         }

@@ -208,6 +208,9 @@ impl Reporter for PlainReporter {
     }
 }
 
+/// The summary status of a step whose compensation failed.
+const COMPENSATION_FAILED: &str = "↺ compensation failed";
+
 /// Per-step rows of the closing summary.
 #[derive(Default)]
 struct Summary {
@@ -253,7 +256,7 @@ impl Summary {
                 if *ok {
                     "↺ compensated".to_owned()
                 } else {
-                    "↺ compensation failed".to_owned()
+                    COMPENSATION_FAILED.to_owned()
                 },
                 String::new(),
             )),
@@ -280,6 +283,19 @@ impl Summary {
         let mut s = format!("\n  {:<w$}  {:<22}  duration\n", "step", "status");
         for (step, status, d) in rows.iter() {
             let _ = writeln!(s, "  {step:<w$}  {status:<22}  {d}");
+        }
+        // The operator must know what is still in effect: a failed compensation is not an undo.
+        let undone: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.1 == COMPENSATION_FAILED)
+            .map(|r| r.0.as_str())
+            .collect();
+        if !undone.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n  rollback incomplete: left un-undone (compensation failed): {}",
+                undone.join(", ")
+            );
         }
         s
     }

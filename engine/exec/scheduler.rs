@@ -97,8 +97,12 @@ pub(super) async fn run(
         && c.runbook.on_failure == OnFailure::Rollback
         && !shared.is_cancelled()
     {
-        rollback(&shared, &c, &state, &completion_order, &ends, &name).await;
-        status = RunStatus::RolledBack;
+        let undone = rollback(&shared, &c, &state, &completion_order, &ends, &name).await;
+        status = if undone {
+            RunStatus::RolledBack
+        } else {
+            RunStatus::RollbackIncomplete
+        };
     }
 
     // `finally` runs whatever happened, even after cancellation.
@@ -405,7 +409,7 @@ async fn rollback(
     completion_order: &[usize],
     ends: &BTreeMap<usize, StepEnd>,
     name: &impl Fn(usize) -> String,
-) {
+) -> bool {
     let completed_irreversible: Vec<usize> = ends
         .iter()
         .filter(|(i, e)| {
@@ -432,18 +436,21 @@ async fn rollback(
         steps: todo.iter().map(|&i| name(i)).collect(),
         not_compensated: not.iter().map(|&i| name(i)).collect(),
     });
+    let mut all_ok = true;
     for i in todo {
         let r = compensate(shared.clone(), c.clone(), i, state.renderer()).await;
         let (ok, detail) = match r {
             Ok(d) => (true, d),
             Err(d) => (false, d),
         };
+        all_ok &= ok;
         shared.emit(&Event::Compensated {
             step: name(i),
             ok,
             detail: shared.mask(&detail),
         });
     }
+    all_ok
 }
 
 /// Perform a `call` step: compile the called runbook and run it as a sub-DAG.

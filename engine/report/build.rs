@@ -246,6 +246,17 @@ fn section(
     } else {
         if run.status != RunStatus::Succeeded {
             notes.push(format!("the run ended {}", run.status));
+            let undone: Vec<&str> = entries
+                .iter()
+                .filter(|e| e.outcome == timeline::Outcome::CompensationFailed)
+                .map(|e| e.step.as_str())
+                .collect();
+            if !undone.is_empty() {
+                notes.push(format!(
+                    "left un-undone (compensation failed): {}",
+                    undone.join(", ")
+                ));
+            }
         }
         for o in objectives.iter().filter(|o| o.met == Some(false)) {
             notes.push(format!("{} objective missed", o.name));

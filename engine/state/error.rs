@@ -104,7 +104,7 @@ pub enum StateError {
     /// A run status string is not one of the known statuses.
     #[error(
         "failed to parse run status {value:?}: expected one of running, succeeded, failed, \
-         rolled_back, aborted, cancelled"
+         rolled_back, rollback_incomplete, aborted, cancelled"
     )]
     UnknownStatus {
         /// The string that was given.

@@ -225,6 +225,8 @@ pub enum RunStatus {
     Failed,
     /// A step failed and the compensations of completed steps ran.
     RolledBack,
+    /// A step failed, the compensations ran and at least one failed: steps were left un-undone.
+    RollbackIncomplete,
     /// A guard failed or an approval was denied before the guarded step ran.
     Aborted,
     /// Cancelled by a signal or the whole-run timeout.
@@ -233,11 +235,12 @@ pub enum RunStatus {
 
 impl RunStatus {
     /// Every status, for help texts and validation.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Running,
         Self::Succeeded,
         Self::Failed,
         Self::RolledBack,
+        Self::RollbackIncomplete,
         Self::Aborted,
         Self::Cancelled,
     ];
@@ -250,6 +253,7 @@ impl RunStatus {
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::RolledBack => "rolled_back",
+            Self::RollbackIncomplete => "rollback_incomplete",
             Self::Aborted => "aborted",
             Self::Cancelled => "cancelled",
         }

@@ -1,0 +1,122 @@
+//! Black-box tests of what the operator is told (issue 21): statuses that say what happened,
+//! judged by exit codes, the closing summary, `runbook show`, the report and `run.status`.
+//!
+//! Runbooks live in `tests/fixtures/operator`; every test uses its own state and output
+//! directories.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use support::{Runbook, TempDir};
+
+/// A fixture under `tests/fixtures/operator`.
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/operator")
+        .join(name)
+}
+
+/// Any command against the state directory `state`.
+fn cli(state: &TempDir, args: &[&str]) -> Runbook {
+    Runbook::new(args.iter().map(|a| (*a).to_owned())).env("RUNBOOK_STATE_DIR", &state.str())
+}
+
+/// The run id from the first line of plain output (`… run ID of RUNBOOK started by …`).
+#[track_caller]
+fn run_id(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| {
+            let rest = l.split_once(" run ")?.1;
+            let (id, tail) = rest.split_once(' ')?;
+            tail.starts_with("of ").then(|| id.to_owned())
+        })
+        .unwrap_or_else(|| panic!("no run id in:\n{stdout}"))
+}
+
+/// A rollback whose compensation failed is not a clean rollback: its own status and exit code,
+/// and the step left in effect is named in the summary, `show`, the report and `run.status`.
+#[test]
+fn a_failed_compensation_makes_the_rollback_incomplete() {
+    let dir = TempDir::new("rollback-incomplete");
+    let state = TempDir::new("rollback-incomplete-state");
+    let file = fixture("rollback-incomplete.yaml");
+    let out = cli(&state, &["exec", file.to_str().unwrap_or_default()])
+        .param("dir", &dir.str())
+        .arg("--output")
+        .arg("plain")
+        .run();
+    out.assert_code(9);
+    assert_eq!(
+        dir.read("compensations").as_deref(),
+        Some("undo-b-failed\nundo-a\n"),
+        "{}",
+        out.dump()
+    );
+    // `finally` sees the honest status.
+    assert_eq!(
+        dir.read("final-status").as_deref(),
+        Some("rollback_incomplete\n")
+    );
+    assert!(
+        out.stdout.contains(" run rollback_incomplete in "),
+        "{}",
+        out.dump()
+    );
+    assert!(out.stdout.contains("(exit 9)"), "{}", out.dump());
+    assert!(
+        out.stdout
+            .contains("rollback incomplete: left un-undone (compensation failed): b\n"),
+        "{}",
+        out.dump()
+    );
+    let id = run_id(&out.stdout);
+
+    let show = cli(&state, &["show", &id]).run();
+    show.assert_code(0);
+    let head = show.stdout.lines().next().unwrap_or_default();
+    assert!(head.ends_with("(rollback_incomplete)"), "{}", show.dump());
+    assert!(
+        show.stdout
+            .contains("not undone: b (compensation failed; still in effect)\n"),
+        "{}",
+        show.dump()
+    );
+
+    let runs = cli(&state, &["runs"]).run();
+    runs.assert_code(0);
+    assert!(
+        runs.stdout.contains("rollback_incomplete"),
+        "{}",
+        runs.dump()
+    );
+
+    let report = cli(&state, &["report", &id, "--format", "md"]).run();
+    report.assert_code(0);
+    assert!(
+        report
+            .stdout
+            .contains("left un-undone (compensation failed): b"),
+        "{}",
+        report.dump()
+    );
+}
+
+/// A rollback whose compensations all worked stays `rolled_back`, exit 3, with no such line.
+#[test]
+fn a_clean_rollback_is_still_rolled_back() {
+    let dir = TempDir::new("rollback-clean");
+    let state = TempDir::new("rollback-clean-state");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/exec/rollback.yaml");
+    let out = cli(&state, &["exec", file.to_str().unwrap_or_default()])
+        .param("dir", &dir.str())
+        .arg("--output")
+        .arg("plain")
+        .run();
+    out.assert_code(3);
+    assert_eq!(dir.read("final-status").as_deref(), Some("rolled_back\n"));
+    assert!(!out.stdout.contains("un-undone"), "{}", out.dump());
+    let show = cli(&state, &["show", &run_id(&out.stdout)]).run();
+    assert!(!show.stdout.contains("not undone"), "{}", show.dump());
+}
