@@ -334,6 +334,33 @@ pub fn logs(dir: Option<PathBuf>, run_id: &str, step: Option<&str>) -> u8 {
         Ok(r) => r,
         Err(c) => return c,
     };
+    // A misspelt step would print nothing, which reads as "the step printed nothing".
+    if let Some(wanted) = step {
+        let events = match store.events(&r.id) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("error: {}", chain(&e));
+                return exit::STATE;
+            }
+        };
+        let mut steps: Vec<&str> = Vec::new();
+        for s in events.iter().filter_map(|e| e.step.as_deref()) {
+            if !steps.contains(&s) {
+                steps.push(s);
+            }
+        }
+        if !steps.contains(&wanted) {
+            eprintln!(
+                "error: run {} has no step `{}` in its journal (steps that ran: {}); \
+                 check the spelling, `runbook show {}` lists them",
+                r.id,
+                crate::terminal::escape(wanted),
+                crate::terminal::escape(&steps.join(", ")),
+                r.id
+            );
+            return exit::INVALID;
+        }
+    }
     match store.logs(&r.id, step) {
         Ok(lines) => {
             for l in lines {

@@ -14,6 +14,7 @@ pub mod shell;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::fmt;
+use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 
 use minijinja::value::{Object, Value};
@@ -56,10 +57,19 @@ impl RenderError {
 
 /// The human part of a minijinja error, without its internal template name.
 pub fn describe(err: &minijinja::Error) -> String {
-    match err.detail() {
+    let mut s = match err.detail() {
         Some(d) => format!("{}: {d}", err.kind()),
         None => err.kind().to_string(),
+    };
+    // "undefined value" alone (no detail) leaves the operator guessing which value it is.
+    if err.kind() == ErrorKind::UndefinedError
+        && err.detail().is_none()
+        && let (Some(src), Some(range)) = (err.template_source(), err.range())
+        && let Some(expr) = src.get(range)
+    {
+        let _ = write!(s, " `{}` (is it spelled right, and defined?)", expr.trim());
     }
+    s
 }
 
 /// Quote a string for a POSIX shell; plain words stay as they are for readability.
@@ -717,6 +727,21 @@ mod tests {
     fn undefined_is_an_error() {
         let r = Renderer::new(minijinja::context! { params => minijinja::context! {} });
         assert!(r.render("{{ params.nope }}", Escape::None).is_err());
+    }
+
+    #[test]
+    fn an_undefined_value_is_named() {
+        let r = Renderer::new(minijinja::context! { params => minijinja::context! { a => 1 } });
+        for escape in [Escape::None, Escape::Shell, Escape::Url] {
+            let e = r
+                .render("echo {{ params.a }} {{ params.nope }} x", escape)
+                .expect_err("undefined");
+            assert_eq!(
+                e.to_string(),
+                "failed to render template: undefined value: `params.nope` is undefined",
+                "{escape:?}"
+            );
+        }
     }
 
     #[test]

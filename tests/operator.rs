@@ -120,3 +120,53 @@ fn a_clean_rollback_is_still_rolled_back() {
     let show = cli(&state, &["show", &run_id(&out.stdout)]).run();
     assert!(!show.stdout.contains("not undone"), "{}", show.dump());
 }
+
+/// `logs RUN STEP` with a step the run never journaled is an error naming the steps that ran,
+/// not an empty listing that reads as "the step printed nothing".
+#[test]
+fn logs_of_an_unknown_step_is_an_error() {
+    let dir = TempDir::new("logs-unknown");
+    let state = TempDir::new("logs-unknown-state");
+    let file = fixture("rollback-incomplete.yaml");
+    let out = cli(&state, &["exec", file.to_str().unwrap_or_default()])
+        .param("dir", &dir.str())
+        .arg("--output")
+        .arg("plain")
+        .run();
+    let id = run_id(&out.stdout);
+    let logs = cli(&state, &["logs", &id, "nosuchstep"]).run();
+    logs.assert_code(2);
+    assert_eq!(
+        logs.stderr,
+        format!(
+            "error: run {id} has no step `nosuchstep` in its journal (steps that ran: a, b, c, \
+             b:compensate, a:compensate, report); check the spelling, `runbook show {id}` lists them\n"
+        ),
+        "{}",
+        logs.dump()
+    );
+    assert!(logs.stdout.is_empty(), "{}", logs.dump());
+    cli(&state, &["logs", &id, "b"]).run().assert_code(0);
+}
+
+/// A run stopped by its whole-run `timeout:` says so, not merely "cancelled".
+#[test]
+fn a_whole_run_timeout_says_so() {
+    let dir = TempDir::new("run-timeout");
+    let state = TempDir::new("run-timeout-state");
+    let file = fixture("whole-run-timeout.yaml");
+    let out = cli(&state, &["exec", file.to_str().unwrap_or_default()])
+        .param("dir", &dir.str())
+        .arg("--output")
+        .arg("plain")
+        .run();
+    out.assert_code(5);
+    assert!(out.elapsed.as_secs() < 20, "{}", out.dump());
+    assert!(
+        out.stdout
+            .contains(" slow: ✗ failed — cancelled: the run exceeded its timeout of 1s\n"),
+        "{}",
+        out.dump()
+    );
+    assert!(out.stdout.contains(" run cancelled in "), "{}", out.dump());
+}

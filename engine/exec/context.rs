@@ -150,6 +150,15 @@ impl Shared {
         }
     }
 
+    /// What a step stopped by the cancellation reports: `cancelled: <why>` (the whole-run
+    /// timeout, a signal, a stopping server), so the operator is not left guessing.
+    pub fn cancelled_error(&self) -> String {
+        match self.cancel_reason.lock().ok().and_then(|r| r.clone()) {
+            Some(why) => format!("cancelled: {why}"),
+            None => "cancelled".to_owned(),
+        }
+    }
+
     /// Cancel the run: running actions are killed, nothing new starts, `finally` still runs.
     pub fn cancel(&self, reason: &str) {
         if let Ok(mut r) = self.cancel_reason.lock() {

@@ -222,7 +222,7 @@ pub(super) async fn run_step(
                         step: id.clone(),
                         duration_ms,
                         attempts: n,
-                        error: "cancelled".to_owned(),
+                        error: shared.cancelled_error(),
                     }),
                     _ => {}
                 }
@@ -259,7 +259,7 @@ pub(super) async fn run_step(
             };
             let error = match &status {
                 StepStatus::Failed(e) => e.clone(),
-                _ => "cancelled".to_owned(),
+                _ => shared.cancelled_error(),
             };
             shared.emit(&Event::StepFailed {
                 step: id.clone(),
