@@ -187,19 +187,38 @@ pub fn runs(dir: Option<PathBuf>, limit: usize) -> u8 {
         "started",
         "duration"
     );
+    let host = crate::exec::current_host();
+    let mut gone = Vec::new();
     for r in runs {
         let duration = r
             .finished_at_ms
             .map_or_else(|| "-".to_owned(), |f| fmt_ms(f - r.started_at_ms));
+        // A crashed engine never wrote its end: `running` would send the operator waiting. Only a
+        // process of this host can be checked.
+        let status = if r.status == crate::state::RunStatus::Running
+            && r.host == host
+            && !crate::exec::pid_alive(r.pid)
+        {
+            gone.push((r.id.clone(), r.pid));
+            "running (process gone)"
+        } else {
+            r.status.as_str()
+        };
         outln!(
             "{:<22} {:<24} {:<12} {:<24} {:>9}  {}@{}",
             r.id,
             crate::terminal::escape(&r.runbook),
-            r.status.as_str(),
+            status,
             crate::clock::rfc3339(r.started_at_ms),
             duration,
             r.user,
             r.host
+        );
+    }
+    for (id, pid) in gone {
+        eprintln!(
+            "hint: the process of run {id} (pid {pid}) is gone: `runbook resume {id}` continues \
+             it where it stopped"
         );
     }
     exit::SUCCESS

@@ -170,3 +170,75 @@ fn a_whole_run_timeout_says_so() {
     );
     assert!(out.stdout.contains(" run cancelled in "), "{}", out.dump());
 }
+
+/// A run whose engine was killed is not shown as plainly `running`: `runs` says its process is
+/// gone and suggests `resume`, and the lock it left suggests `resume RUN` before `--break-lock`.
+#[test]
+fn a_run_whose_process_died_is_shown_as_gone() {
+    let dir = TempDir::new("process-gone");
+    let state = TempDir::new("process-gone-state");
+    let file = fixture("long.yaml");
+    let mut engine = std::process::Command::new(env!("CARGO_BIN_EXE_runbook"))
+        .args([
+            "exec",
+            file.to_str().unwrap_or_default(),
+            "--output",
+            "plain",
+        ])
+        .arg("-p")
+        .arg(format!("dir={}", dir.str()))
+        .env("RUNBOOK_STATE_DIR", state.str())
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the engine");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while dir.read("started").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // While the engine lives, the run is plainly running.
+    let live = cli(&state, &["runs"]).run();
+    live.assert_code(0);
+    assert!(!live.stdout.contains("process gone"), "{}", live.dump());
+    engine.kill().expect("kill -9 the engine");
+    engine.wait().expect("reap the engine");
+
+    let runs = cli(&state, &["runs"]).run();
+    runs.assert_code(0);
+    let row = runs
+        .stdout
+        .lines()
+        .find(|l| l.contains(" long "))
+        .unwrap_or_else(|| panic!("{}", runs.dump()));
+    let id = row.split_whitespace().next().unwrap_or_default().to_owned();
+    assert!(row.contains(" running (process gone) "), "{}", runs.dump());
+    assert!(
+        runs.stderr.contains(&format!(
+            "hint: the process of run {id} (pid {}) is gone: `runbook resume {id}` continues it \
+             where it stopped\n",
+            engine.id()
+        )),
+        "{}",
+        runs.dump()
+    );
+
+    let again = cli(&state, &["exec", file.to_str().unwrap_or_default()])
+        .param("dir", &dir.str())
+        .run();
+    again.assert_code(6);
+    assert!(
+        again.stderr.contains(&format!(
+            " — that process is gone: `runbook resume {id}` continues that run where it stopped \
+             (and takes its lock back); --break-lock takes the lock over for a new run instead \
+             (recorded in the audit log)"
+        )),
+        "{}",
+        again.dump()
+    );
+}

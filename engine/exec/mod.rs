@@ -206,7 +206,7 @@ pub enum ExecError {
     #[error("failed to use the state store: {0}")]
     State(#[from] crate::state::StateError),
     /// Another run holds the lock.
-    #[error("failed to acquire lock `{name}`: held by run {} ({}@{}, pid {}) since {}{}", .holder.run_id, .holder.user, .holder.host, .holder.pid, crate::clock::rfc3339(*.since_ms), if *.holder_dead { " — that process is gone: --break-lock takes the lock over (recorded in the audit log)" } else { " — it is still running" })]
+    #[error("failed to acquire lock `{name}`: held by run {} ({}@{}, pid {}) since {}{}", .holder.run_id, .holder.user, .holder.host, .holder.pid, crate::clock::rfc3339(*.since_ms), lock_hint(&.holder.run_id, *.holder_dead))]
     LockHeld {
         /// Lock name.
         name: String,
@@ -514,6 +514,20 @@ fn acquire(
             })
         }
         Err(e) => Err(ExecError::State(e)),
+    }
+}
+
+/// What the operator can do about a held lock: a dead holder's run is best resumed (it keeps
+/// its journal, its done steps and its lock); breaking the lock starts over beside it.
+fn lock_hint(run_id: &str, holder_dead: bool) -> String {
+    if holder_dead {
+        format!(
+            " — that process is gone: `runbook resume {run_id}` continues that run where it \
+             stopped (and takes its lock back); --break-lock takes the lock over for a new run \
+             instead (recorded in the audit log)"
+        )
+    } else {
+        " — it is still running".to_owned()
     }
 }
 

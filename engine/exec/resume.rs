@@ -226,7 +226,9 @@ pub(super) fn read(c: &Compiled, events: &[EventRecord], prefix: &str) -> Journa
                 // A non-idempotent step whose action started and then failed (an error, a
                 // timeout, a gate or an assert that failed after it acted) may have had its
                 // effect too: a resume treats it like a step in flight, never as simply failed.
-                if d["error"] == "cancelled" {
+                // (`cancelled`, or `cancelled: <why>` since the error names the reason.)
+                let error = d["error"].as_str().unwrap_or_default();
+                if error == "cancelled" || error.starts_with("cancelled: ") {
                     j.in_flight.insert(i);
                 } else if acted.contains(&i) && !c.steps[i].idempotent {
                     j.in_flight.insert(i);
