@@ -14,7 +14,6 @@ pub mod shell;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::fmt;
-use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 
 use minijinja::value::{Object, Value};
@@ -57,19 +56,10 @@ impl RenderError {
 
 /// The human part of a minijinja error, without its internal template name.
 pub fn describe(err: &minijinja::Error) -> String {
-    let mut s = match err.detail() {
+    match err.detail() {
         Some(d) => format!("{}: {d}", err.kind()),
         None => err.kind().to_string(),
-    };
-    // "undefined value" alone (no detail) leaves the operator guessing which value it is.
-    if err.kind() == ErrorKind::UndefinedError
-        && err.detail().is_none()
-        && let (Some(src), Some(range)) = (err.template_source(), err.range())
-        && let Some(expr) = src.get(range)
-    {
-        let _ = write!(s, " `{}` (is it spelled right, and defined?)", expr.trim());
     }
-    s
 }
 
 /// Quote a string for a POSIX shell; plain words stay as they are for readability.
@@ -742,6 +732,16 @@ mod tests {
                 "{escape:?}"
             );
         }
+        // A map without the key (an alert's labels in `runbook serve`) and an expression.
+        let r = Renderer::new(minijinja::context! {
+            alert => minijinja::context! { labels => std::collections::BTreeMap::from([("service", "api")]) }
+        });
+        let e = r
+            .render("{{ alert.labels.namespace }}", Escape::None)
+            .expect_err("undefined");
+        assert!(e.to_string().contains("`alert.labels.namespace`"), "{e}");
+        let e = r.eval("alert.labels.zone == 'a'").expect_err("undefined");
+        assert!(e.to_string().contains("alert.labels.zone"), "{e}");
     }
 
     #[test]
