@@ -154,13 +154,19 @@ impl Diagnostic {
         self
     }
 
-    /// `file:line:col: message` — one line, for logs, editors and tests.
+    /// `file:line:col: message` — one line, for logs, editors and tests. A problem without a
+    /// position of its own (a bad `-p` value) is placed at its first related place (the param's
+    /// declaration), so editors and scripts can jump to it; only a problem of the file as a whole
+    /// (unreadable, empty) has none.
     pub fn short(&self, file: &SourceFile) -> String {
-        match self.span {
-            Some(s) if s.line > 0 => {
-                format!("{}:{}:{}: {}", file.name, s.line, s.column, self.message)
-            }
-            _ => format!("{}: {}", file.name, self.message),
+        match self
+            .span
+            .into_iter()
+            .chain(self.related.iter().map(|(s, _)| *s))
+            .find(|s| s.line > 0)
+        {
+            Some(s) => format!("{}:{}:{}: {}", file.name, s.line, s.column, self.message),
+            None => format!("{}: {}", file.name, self.message),
         }
     }
 }
