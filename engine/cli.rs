@@ -785,10 +785,12 @@ fn check_cmd(out: Output, file: &Path, args: &ParamArgs, json: bool) -> u8 {
         }
     }
     if !json {
+        // Only what ran counts as a check: a skipped one proves nothing either way.
+        let skipped = findings.iter().filter(|f| f.outcome == "skip").count();
         outln!(
-            "\n{}: {} checks, {failed} failing",
+            "\n{}: {} checks, {failed} failing, {skipped} skipped",
             file.display(),
-            findings.len()
+            findings.len() - skipped
         );
     }
     if failed == 0 {

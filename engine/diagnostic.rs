@@ -154,13 +154,19 @@ impl Diagnostic {
         self
     }
 
-    /// `file:line:col: message` — one line, for logs, editors and tests.
+    /// `file:line:col: message` — one line, for logs, editors and tests. A problem without a
+    /// position of its own (a bad `-p` value) is placed at its first related place (the param's
+    /// declaration), so editors and scripts can jump to it; only a problem of the file as a whole
+    /// (unreadable, empty) has none.
     pub fn short(&self, file: &SourceFile) -> String {
-        match self.span {
-            Some(s) if s.line > 0 => {
-                format!("{}:{}:{}: {}", file.name, s.line, s.column, self.message)
-            }
-            _ => format!("{}: {}", file.name, self.message),
+        match self
+            .span
+            .into_iter()
+            .chain(self.related.iter().map(|(s, _)| *s))
+            .find(|s| s.line > 0)
+        {
+            Some(s) => format!("{}:{}:{}: {}", file.name, s.line, s.column, self.message),
+            None => format!("{}: {}", file.name, self.message),
         }
     }
 }
@@ -247,17 +253,39 @@ pub fn render(file: &SourceFile, diags: &[Diagnostic], color: bool) -> String {
     out
 }
 
-/// The closest candidate to `word`, if close enough to be a plausible typo.
+/// The closest candidate to `word`, if close enough to be a plausible typo, else the only
+/// candidate `word` abbreviates (`svc` for `service`: same first letter, every letter in order).
 pub fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
+    let candidates: Vec<&'a str> = candidates.into_iter().collect();
     candidates
-        .into_iter()
-        .map(|c| (typo_distance(word, c), c))
+        .iter()
+        .map(|c| (typo_distance(word, c), *c))
         .filter(|(d, c)| *d <= (word.len().max(c.len()) / 3).max(1) && *d < word.len())
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
+        .or_else(|| {
+            let mut abbreviated = candidates.iter().filter(|c| abbreviates(word, c));
+            // Two candidates it could shorten: naming one would be a guess.
+            match (abbreviated.next(), abbreviated.next()) {
+                (Some(c), None) => Some(*c),
+                _ => None,
+            }
+        })
+}
+
+/// Whether `word` (three letters or more) is `full` with letters left out, first letter kept.
+fn abbreviates(word: &str, full: &str) -> bool {
+    if word.chars().count() < 3
+        || word.len() >= full.len()
+        || word.chars().next() != full.chars().next()
+    {
+        return false;
+    }
+    let mut rest = full.chars();
+    word.chars().all(|w| rest.any(|f| f == w))
 }
 
 /// Edit distance counting a swap of two neighbouring characters as one edit (optimal string
@@ -335,6 +363,14 @@ mod tests {
             Some("timeout")
         );
         assert_eq!(did_you_mean("zzzzzz", ["needs", "name"]), None);
+        assert_eq!(
+            did_you_mean("svc", ["service", "namespace"]),
+            Some("service")
+        );
+        // Ambiguous, too short, or another first letter: no guess.
+        assert_eq!(did_you_mean("svc", ["service", "servic_count"]), None);
+        assert_eq!(did_you_mean("sv", ["service"]), None);
+        assert_eq!(did_you_mean("vc", ["service"]), None);
         assert_eq!(
             did_you_mean("dealy", ["attempts", "delay", "backoff"]),
             Some("delay")

@@ -12,13 +12,16 @@ pub enum DurationError {
     /// A number without a unit, e.g. `30`.
     #[error("`{0}` has no unit")]
     MissingUnit(String),
-    /// An unknown unit, e.g. `5min`.
-    #[error("unknown unit `{unit}` in `{text}`")]
+    /// An unknown unit, e.g. `5min` or `5 minutes`.
+    #[error("unknown unit `{unit}` in `{text}`{}", .suggestion.as_ref().map(|s| format!("; did you mean `{s}`?")).unwrap_or_default())]
     UnknownUnit {
         /// The whole text.
         text: String,
         /// The unit found.
         unit: String,
+        /// The text with that unit written the way durations are (`5 minutes` → `5m`), when the
+        /// unit is a known spelling of one.
+        suggestion: Option<String>,
     },
     /// Something that is not a number where one was expected.
     #[error("`{0}` is not a duration")]
@@ -55,25 +58,28 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
         let n: u128 = rest[..digits]
             .parse()
             .map_err(|_| DurationError::Overflow(t.to_owned()))?;
+        let number = &rest[..digits];
+        let segment_start = t.len() - rest.len();
         rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        // `5 minutes`: a unit after spaces is read as one, so the error names it.
+        let spaced = rest.trim_start();
+        let unit_len = spaced.bytes().take_while(u8::is_ascii_alphabetic).count();
         if unit_len == 0 {
             return Err(DurationError::MissingUnit(t.to_owned()));
         }
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
+        let unit = &spaced[..unit_len];
+        let after = &spaced[unit_len..];
+        if spaced.len() != rest.len() {
+            return Err(unknown_unit(t, unit, segment_start, number, after));
+        }
+        rest = after;
         let ms: u128 = match unit {
             "ms" => 1,
             "s" => 1_000,
             "m" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
-            _ => {
-                return Err(DurationError::UnknownUnit {
-                    text: t.to_owned(),
-                    unit: unit.to_owned(),
-                });
-            }
+            _ => return Err(unknown_unit(t, unit, segment_start, number, after)),
         };
         total = n
             .checked_mul(ms)
@@ -86,6 +92,36 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
         return Err(DurationError::Overflow(t.to_owned()));
     }
     Ok(d)
+}
+
+/// The error for `number unit` at `segment_start` of `text`, with the text rewritten around a
+/// known spelling of a unit (`min`, `minutes`, `sec`, `hours`, …, or a valid unit after a space).
+fn unknown_unit(
+    text: &str,
+    unit: &str,
+    segment_start: usize,
+    number: &str,
+    after: &str,
+) -> DurationError {
+    let canonical = match unit.to_ascii_lowercase().as_str() {
+        "ms" | "msec" | "msecs" | "millis" | "millisecond" | "milliseconds" => Some("ms"),
+        "s" | "sec" | "secs" | "second" | "seconds" => Some("s"),
+        "m" | "min" | "mins" | "minute" | "minutes" => Some("m"),
+        "h" | "hr" | "hrs" | "hour" | "hours" => Some("h"),
+        "d" | "day" | "days" => Some("d"),
+        _ => None,
+    };
+    DurationError::UnknownUnit {
+        text: text.to_owned(),
+        unit: unit.to_owned(),
+        suggestion: canonical.map(|c| {
+            format!(
+                "{}{number}{c}{}",
+                &text[..segment_start],
+                after.split_whitespace().collect::<String>()
+            )
+        }),
+    }
 }
 
 /// Format a duration the way authors write them (`1h30m`, `90ms`).
@@ -132,6 +168,22 @@ mod tests {
             Err(DurationError::UnknownUnit { .. })
         ));
         assert!(matches!(parse("m5"), Err(DurationError::Malformed(_))));
+        assert_eq!(
+            parse("5 minutes").unwrap_err().to_string(),
+            "unknown unit `minutes` in `5 minutes`; did you mean `5m`?"
+        );
+        assert_eq!(
+            parse("1h30min").unwrap_err().to_string(),
+            "unknown unit `min` in `1h30min`; did you mean `1h30m`?"
+        );
+        assert_eq!(
+            parse("2 s").unwrap_err().to_string(),
+            "unknown unit `s` in `2 s`; did you mean `2s`?"
+        );
+        assert_eq!(
+            parse("5 fortnights").unwrap_err().to_string(),
+            "unknown unit `fortnights` in `5 fortnights`"
+        );
         assert_eq!(parse(""), Err(DurationError::Empty));
         assert!(matches!(
             parse("99999999999999999999999d"),

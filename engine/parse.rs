@@ -34,6 +34,79 @@ pub fn parse_as<T: serde::de::DeserializeOwned>(
     serde_saphyr::from_str::<T>(text).map_err(|e| convert(file, text, &e))
 }
 
+/// The text with every unknown key's entry blanked (positions kept), when unknown keys written in
+/// block style are the only structural problems: the compiler then looks for the others, so one
+/// typo does not hide the rest of the file's problems.
+///
+/// Also returns the problems met on the way, which include those a step's first unknown key hid
+/// from [`parse`] (a second unknown key, a wrong type further down the same step).
+pub fn without_unknown_keys(file: &SourceFile) -> (Option<String>, Vec<Diagnostic>) {
+    let mut text = file.text.to_string();
+    let mut found = Vec::new();
+    // Each pass removes one key; a file cannot hold more unknown keys than lines.
+    for _ in 0..=text.lines().count() {
+        let Err(d) = parse_as::<Runbook>(file, &text) else {
+            return (Some(text), found);
+        };
+        let next = (d.code == "unknown-key")
+            .then_some(d.span)
+            .flatten()
+            .and_then(|span| {
+                span.offset
+                    .or_else(|| file.offset_of(span.line, span.column))
+            })
+            .and_then(|at| blank_entry(&text, at));
+        found.push(d);
+        match next {
+            Some(t) => text = t,
+            None => break,
+        }
+    }
+    (None, found)
+}
+
+/// Blank the block-style mapping entry whose key starts at `at`: the rest of its line and the
+/// lines below indented deeper than the key. `None` when the key does not start its line (after
+/// an optional `- `), e.g. inside a flow mapping, where blanking would break the syntax.
+fn blank_entry(text: &str, at: usize) -> Option<String> {
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let before = &text[line_start..at];
+    if !before
+        .trim_start()
+        .trim_start_matches('-')
+        .trim_start()
+        .is_empty()
+    {
+        return None;
+    }
+    let column = before.chars().count();
+    let mut end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    while end < text.len() {
+        let next_start = end + 1;
+        let next_end = text[next_start..]
+            .find('\n')
+            .map_or(text.len(), |i| next_start + i);
+        let line = &text[next_start..next_end];
+        let indent = line.chars().take_while(|c| *c == ' ').count();
+        let trimmed = line.trim();
+        if !trimmed.is_empty() && !trimmed.starts_with('#') && indent <= column {
+            break;
+        }
+        end = next_end;
+    }
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..at]);
+    out.extend(text[at..end].chars().map(|c| {
+        if c == '\n' {
+            "\n".to_owned()
+        } else {
+            " ".repeat(c.len_utf8())
+        }
+    }));
+    out.push_str(&text[end..]);
+    Some(out)
+}
+
 /// After a failed parse, look for the other errors too.
 fn recover(file: &SourceFile, first: Diagnostic) -> Vec<Diagnostic> {
     let mut diags = vec![first];
@@ -614,4 +687,34 @@ fn between<'a>(s: &'a str, open: &str, close: &str) -> Option<&'a str> {
     let start = s.find(open)? + open.len();
     let len = s[start..].find(close)?;
     Some(&s[start..start + len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_entry_is_blanked_with_its_block_and_positions_kept() {
+        let text =
+            "runbook: t\nsteps:\n  - timout:\n      x: 1\n    # note\n    id: a\n    run: echo\n";
+        let at = text.find("timout").unwrap();
+        let out = blank_entry(text, at).unwrap();
+        assert_eq!(out.len(), text.len());
+        assert_eq!(out.lines().count(), text.lines().count());
+        assert!(!out.contains("timout") && !out.contains("x: 1"));
+        assert!(out.contains("    id: a\n    run: echo\n"));
+        let file = SourceFile::new("t.yaml", text);
+        let (rest, found) = without_unknown_keys(&file);
+        assert!(rest.is_some(), "{found:?}");
+        assert_eq!(found.len(), 1);
+    }
+
+    #[test]
+    fn a_key_inside_a_flow_mapping_is_left_alone() {
+        let text = "runbook: t\nsteps: [{id: a, run: echo, timout: 5m}]\n";
+        assert_eq!(blank_entry(text, text.find("timout").unwrap()), None);
+        let (rest, found) = without_unknown_keys(&SourceFile::new("t.yaml", text));
+        assert_eq!(rest, None);
+        assert_eq!(found.len(), 1);
+    }
 }

@@ -273,7 +273,23 @@ pub fn compile_path(path: &Path) -> Result<Compiled, (SourceFile, Vec<Diagnostic
 /// # Errors
 /// Every problem found, as diagnostics.
 pub fn compile(file: SourceFile, path: &Path) -> Result<Compiled, Vec<Diagnostic>> {
-    let runbook = crate::parse::parse(&file)?;
+    let runbook = match crate::parse::parse(&file) {
+        Ok(r) => r,
+        Err(mut diags) => {
+            // Unknown keys alone: compile the rest, so every problem of the file is reported.
+            let (rest, hidden) = crate::parse::without_unknown_keys(&file);
+            diags.extend(hidden);
+            let mut seen = std::collections::HashSet::new();
+            diags.retain(|d| seen.insert((d.span.map(|s| (s.line, s.column)), d.message.clone())));
+            diags.sort_by_key(|d| d.span.map(|s| (s.line, s.column)));
+            if let Some(text) = rest
+                && let Err(more) = compile(SourceFile::new(file.name.clone(), text), path)
+            {
+                diags.extend(more);
+            }
+            return Err(diags);
+        }
+    };
     let mut diags = Vec::new();
     let hash = hex(&Sha256::digest(file.text.as_bytes()));
 

@@ -165,6 +165,15 @@ pub fn resolve_params(
             "unknown-param",
             format!("unknown param `{name}` ({origin})"),
         );
+        // Placed where the params are declared: that is where the valid names are read.
+        if let Some(first) = rb
+            .params
+            .values()
+            .map(|p| p.span)
+            .min_by_key(|s| (s.line, s.column))
+        {
+            d = d.with_related(first, "params are declared here");
+        }
         d = match did_you_mean(name, rb.params.keys().map(String::as_str)) {
             Some(s) => d.with_help(format!("did you mean `{s}`?")),
             None if rb.params.is_empty() => d.with_help("this runbook declares no params"),

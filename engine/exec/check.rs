@@ -155,6 +155,18 @@ pub fn check(c: &Compiled, params: &ParamValues) -> Result<Vec<Finding>, String>
         for i in 0..c.steps.len() {
             let step = c.step(i);
             let cs = &c.steps[i];
+            // A step the params skip never runs: failing its checks or its command would fail a
+            // runbook that works (app-rollback with strategy=helm has no image to set).
+            if let Some(w) = &step.when
+                && decided_false(&w.value, &renderer)
+            {
+                findings.push(Finding {
+                    what: cs.id.clone(),
+                    outcome: "skip",
+                    detail: format!("skipped by params: `when: {}` is false", w.value),
+                });
+                continue;
+            }
             for (k, (check, t)) in step.require.iter().zip(&cs.require).enumerate() {
                 let what = format!("{} require #{}", cs.id, k + 1);
                 if reads_run_time(check) {
@@ -214,6 +226,18 @@ pub fn check(c: &Compiled, params: &ParamValues) -> Result<Vec<Finding>, String>
         f.detail = crate::terminal::escape(&shared.mask(&f.detail));
     }
     Ok(findings)
+}
+
+/// Whether a `when:` guard that reads only params is false for these params (a guard reading
+/// run-time values, or one that fails to evaluate, is not decided here: its step is checked).
+fn decided_false(when: &str, r: &crate::template::Renderer<'_>) -> bool {
+    let Ok(refs) = crate::template::expression_references(when) else {
+        return false;
+    };
+    refs.paths
+        .iter()
+        .all(|p| p == "params" || p.starts_with("params."))
+        && r.eval(when).is_ok_and(|v| !v.is_true())
 }
 
 fn reads_run_time(check: &crate::model::Check) -> bool {
