@@ -1618,12 +1618,7 @@ impl Store for SqliteStore {
                     )?
                     .execute(params![name, row.token, dead.run_id, dead.pid])?;
                 if cleared != 1 {
-                    return Err(Fail::State(StateError::LockTakenOver {
-                        name: name.to_owned(),
-                        dead: Box::new(dead.clone()),
-                        current: None,
-                        since_ms: None,
-                    }));
+                    return Err(lost_the_swap(name, dead));
                 }
                 self.append(
                     conn,
@@ -1666,12 +1661,7 @@ impl Store for SqliteStore {
                         now_ms()
                     ])?;
                 if swapped != 1 {
-                    return Err(Fail::State(StateError::LockTakenOver {
-                        name: name.to_owned(),
-                        dead: Box::new(dead.clone()),
-                        current: None,
-                        since_ms: None,
-                    }));
+                    return Err(lost_the_swap(name, dead));
                 }
                 self.append(
                     conn,
@@ -1736,4 +1726,15 @@ fn clear_lock(conn: &Connection, name: &str) -> rusqlite::Result<()> {
     )?
     .execute([name])?;
     Ok(())
+}
+
+/// The compare-and-swap on a dead holder matched no row: another process broke or took the lock
+/// first, and nothing was changed.
+fn lost_the_swap(name: &str, dead: &LockHolder) -> Fail {
+    Fail::State(StateError::LockTakenOver {
+        name: name.to_owned(),
+        dead: Box::new(dead.clone()),
+        current: None,
+        since_ms: None,
+    })
 }

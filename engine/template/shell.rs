@@ -305,37 +305,13 @@ pub fn contexts(toks: &[Tok]) -> Vec<Result<Context, Unsafe>> {
                 Tok::Char(_) => {}
             },
             Frame::AnsiC => {
-                if escaped {
-                    escaped = false;
-                    if tok == Tok::Hole {
-                        out.push(Err(Unsafe::AnsiCQuotes));
-                    }
-                } else {
-                    match tok {
-                        Tok::Hole => out.push(Err(Unsafe::AnsiCQuotes)),
-                        Tok::Char('\\') => escaped = true,
-                        Tok::Char('\'') => {
-                            stack.pop();
-                        }
-                        Tok::Char(_) => {}
-                    }
+                if escaping_quote(tok, '\'', &mut escaped, Unsafe::AnsiCQuotes, &mut out) {
+                    stack.pop();
                 }
             }
             Frame::Backtick => {
-                if escaped {
-                    escaped = false;
-                    if tok == Tok::Hole {
-                        out.push(Err(Unsafe::Backticks));
-                    }
-                } else {
-                    match tok {
-                        Tok::Hole => out.push(Err(Unsafe::Backticks)),
-                        Tok::Char('\\') => escaped = true,
-                        Tok::Char('`') => {
-                            stack.pop();
-                        }
-                        Tok::Char(_) => {}
-                    }
+                if escaping_quote(tok, '`', &mut escaped, Unsafe::Backticks, &mut out) {
+                    stack.pop();
                 }
             }
             Frame::Param { depth } => {
@@ -389,6 +365,30 @@ pub fn contexts(toks: &[Tok]) -> Vec<Result<Context, Unsafe>> {
 /// The characters that start an expansion wherever expansions happen (commands, `"…"`,
 /// unquoted here-document bodies): `\`, `` ` ``, `$(`, `$((`, `${`. Returns how many tokens
 /// were consumed (at least one).
+/// One token inside a quote where a backslash escapes the next character (`$'…'`, backticks):
+/// no value can be placed there, escaped or not. True when `tok` closes the quote.
+fn escaping_quote(
+    tok: Tok,
+    close: char,
+    escaped: &mut bool,
+    unsafe_here: Unsafe,
+    out: &mut Vec<Result<Context, Unsafe>>,
+) -> bool {
+    if *escaped {
+        *escaped = false;
+        if tok == Tok::Hole {
+            out.push(Err(unsafe_here));
+        }
+        return false;
+    }
+    match tok {
+        Tok::Hole => out.push(Err(unsafe_here)),
+        Tok::Char('\\') => *escaped = true,
+        Tok::Char(c) => return c == close,
+    }
+    false
+}
+
 fn expansion(toks: &[Tok], i: usize, c: char, stack: &mut Vec<Frame>, escaped: &mut bool) -> usize {
     match c {
         '\\' => {
