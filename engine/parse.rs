@@ -31,7 +31,47 @@ pub fn parse_as<T: serde::de::DeserializeOwned>(
     file: &SourceFile,
     text: &str,
 ) -> Result<T, Diagnostic> {
-    serde_saphyr::from_str::<T>(text).map_err(|e| convert(file, text, &e))
+    let limits = yaml_limits().map_err(|message| Diagnostic {
+        code: "bad-setting",
+        message,
+        span: None,
+        label: None,
+        help: Some(format!(
+            "set {MAX_NODES_VAR} to a whole number of YAML nodes (default {DEFAULT_MAX_NODES}), or unset it"
+        )),
+        related: Vec::new(),
+    })?;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(limits);
+    serde_saphyr::from_str_with_options::<T>(text, options).map_err(|e| convert(file, text, &e))
+}
+
+/// The environment variable that raises (or lowers) the YAML node budget of every file read.
+pub const MAX_NODES_VAR: &str = "RUNBOOK_YAML_MAX_NODES";
+
+/// YAML nodes (mappings, lists and values) a file may hold unless [`MAX_NODES_VAR`] says
+/// otherwise: about 27,000 steps of a few keys each. The budget bounds the memory and time a
+/// hostile or generated file can cost before anything is checked.
+pub const DEFAULT_MAX_NODES: usize = 250_000;
+
+/// The parser's budget: its defaults, with the node budget (and the event budget, which grows
+/// with it: a node is one or two events) from [`MAX_NODES_VAR`].
+fn yaml_limits() -> Result<serde_saphyr::budget::Budget, String> {
+    let mut b = serde_saphyr::budget::Budget::default();
+    let nodes = match std::env::var(MAX_NODES_VAR) {
+        Ok(v) => match v.trim().replace('_', "").parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                return Err(format!(
+                    "{MAX_NODES_VAR}=`{v}` is not a positive whole number"
+                ));
+            }
+        },
+        Err(_) => DEFAULT_MAX_NODES,
+    };
+    b.max_nodes = nodes;
+    b.max_events = b.max_events.max(nodes.saturating_mul(4));
+    Ok(b)
 }
 
 /// The text with every unknown key's entry blanked (positions kept), when unknown keys written in
@@ -256,13 +296,18 @@ fn innermost(mut err: &serde_saphyr::Error) -> &serde_saphyr::Error {
 /// A YAML resource limit that was hit, in plain words with the limit named (the parser's own
 /// error is a debug dump of its counters).
 fn budget(err: &serde_saphyr::Error) -> Option<(&'static str, String, Option<String>)> {
-    use serde_saphyr::budget::{Budget, BudgetBreach as B};
+    use serde_saphyr::budget::BudgetBreach as B;
     let serde_saphyr::Error::Budget { breach, .. } = err else {
         return None;
     };
-    let limits = Budget::default();
+    let Ok(limits) = yaml_limits() else {
+        return None;
+    };
     let what = match breach {
-        B::Nodes { .. } => format!("{} YAML nodes", limits.max_nodes),
+        B::Nodes { .. } => format!(
+            "{} YAML nodes (the node budget, {MAX_NODES_VAR})",
+            limits.max_nodes
+        ),
         B::Events { .. } => format!("{} YAML parser events", limits.max_events),
         B::Depth { .. } => format!("{} levels of nesting", limits.max_depth),
         B::Aliases { .. } => format!("{} aliases (`*name`)", limits.max_aliases),
@@ -286,7 +331,10 @@ fn budget(err: &serde_saphyr::Error) -> Option<(&'static str, String, Option<Str
     Some((
         "yaml-limit",
         format!("the file is too large or too deeply nested: runbooks (and drill and trigger files) are limited to {what}"),
-        Some("split the procedure into runbooks that `call` each other, or remove the repetition (anchors and aliases count once per use)".to_owned()),
+        Some(match breach {
+            B::Nodes { .. } | B::Events { .. } => format!("split the procedure into runbooks that `call` each other, or raise the budget with {MAX_NODES_VAR}=<nodes> (a step is about 9 nodes)"),
+            _ => "split the procedure into runbooks that `call` each other, or remove the repetition (anchors and aliases count once per use)".to_owned(),
+        }),
     ))
 }
 

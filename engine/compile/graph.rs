@@ -256,12 +256,38 @@ fn walk(g: &DiGraph<usize, ()>, i: usize, dir: Direction) -> Vec<usize> {
     out
 }
 
-/// Whether `from` is upstream of `to` (a path of `needs` leads from `to` back to `from`).
-pub(super) fn is_upstream(g: &DiGraph<usize, ()>, from: usize, to: usize) -> bool {
-    from < g.node_count()
-        && to < g.node_count()
-        && from != to
-        && petgraph::algo::has_path_connecting(g, NodeIndex::new(from), NodeIndex::new(to), None)
+/// Whether `from` is upstream of `to`, walking back from `to` only through steps deeper than
+/// `from` (`depth`: a step's level, indexed by node): every step on a path of `needs` between
+/// the two is, so the walk stays between them instead of crossing the whole graph, which keeps
+/// checking every reference of a long chain linear.
+pub(super) fn is_upstream_by_depth(
+    g: &DiGraph<usize, ()>,
+    from: usize,
+    to: usize,
+    depth: impl Fn(usize) -> usize,
+) -> bool {
+    let n = g.node_count();
+    if from >= n || to >= n || from == to {
+        return false;
+    }
+    let floor = depth(from);
+    if depth(to) <= floor {
+        return false;
+    }
+    let mut seen = HashSet::new();
+    let mut stack = vec![NodeIndex::new(to)];
+    while let Some(at) = stack.pop() {
+        for m in g.neighbors_directed(at, Direction::Incoming) {
+            let k = m.index();
+            if k == from {
+                return true;
+            }
+            if depth(k) > floor && seen.insert(k) {
+                stack.push(m);
+            }
+        }
+    }
+    false
 }
 
 /// The longest chain by `weight`, following `order`.

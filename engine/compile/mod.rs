@@ -208,6 +208,9 @@ pub struct Compiled {
     pub levels: Vec<Vec<usize>>,
     /// `finally` steps by depth.
     pub finally_levels: Vec<Vec<usize>>,
+    /// Each step's level (0-based index into `levels` or `finally_levels`); all 0 when the
+    /// graph has a cycle or an unknown `needs`.
+    pub depth: Vec<usize>,
     /// Whole-run deadline.
     pub timeout: Option<Duration>,
     /// Steps running at once.
@@ -343,6 +346,17 @@ pub fn compile(file: SourceFile, path: &Path) -> Result<Compiled, Vec<Diagnostic
         .map(|o| graph::levels(&finally_graph, o))
         .unwrap_or_default();
     let order = order.unwrap_or_default();
+    let mut depth = vec![0; steps.len()];
+    for (d, level) in levels.iter().chain(&finally_levels).enumerate() {
+        let d = if d < levels.len() {
+            d
+        } else {
+            d - levels.len()
+        };
+        for &i in level {
+            depth[i] = d;
+        }
+    }
 
     let compiled = Compiled {
         file,
@@ -356,6 +370,7 @@ pub fn compile(file: SourceFile, path: &Path) -> Result<Compiled, Vec<Diagnostic
         order,
         levels,
         finally_levels,
+        depth,
         timeout: defaults.run_timeout,
         max_parallel: defaults.max_parallel,
         rto: defaults.rto,

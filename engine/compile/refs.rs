@@ -252,8 +252,9 @@ fn template(
     match template_references(text) {
         Ok(refs) => {
             for path in refs.paths {
-                let at = path_span(&c.file, text, span, &path);
-                if let Some(d) = check_path(c, scope, field, &path, at) {
+                // The exact position costs a scan of the file: only for a path that is wrong.
+                if let Some(mut d) = check_path(c, scope, field, &path, span) {
+                    d.span = Some(path_span(&c.file, text, span, &path));
                     diags.push(d);
                 }
             }
@@ -273,8 +274,9 @@ fn expression(
     match expression_references(text) {
         Ok(refs) => {
             for path in refs.paths {
-                let at = path_span(&c.file, text, span, &path);
-                if let Some(d) = check_path(c, scope, field, &path, at) {
+                // The exact position costs a scan of the file: only for a path that is wrong.
+                if let Some(mut d) = check_path(c, scope, field, &path, span) {
+                    d.span = Some(path_span(&c.file, text, span, &path));
                     diags.push(d);
                 }
             }
@@ -467,10 +469,14 @@ fn check_path(
 fn reachable(c: &Compiled, target: usize, me: usize) -> bool {
     let main = c.main_count;
     match (target < main, me < main) {
-        (true, true) => graph::is_upstream(&c.graph, target, me),
+        (true, true) => graph::is_upstream_by_depth(&c.graph, target, me, |k| c.depth[k]),
         // Every main step has ended before `finally` starts.
         (true, false) => true,
         (false, true) => false,
-        (false, false) => graph::is_upstream(&c.finally_graph, target - main, me - main),
+        (false, false) => {
+            graph::is_upstream_by_depth(&c.finally_graph, target - main, me - main, |k| {
+                c.depth[main + k]
+            })
+        }
     }
 }

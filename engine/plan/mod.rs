@@ -319,25 +319,18 @@ fn plan_context(c: &Compiled, params: &ParamValues) -> Value {
 pub fn build(c: &Compiled, params: &ParamValues) -> Result<Plan, Vec<Diagnostic>> {
     let renderer = Renderer::new(plan_context(c, params));
     let mut diags = Vec::new();
-    let level_of = |i: usize, levels: &[Vec<usize>]| {
-        levels
-            .iter()
-            .position(|l| l.contains(&i))
-            .map_or(0, |p| p + 1)
-    };
     let mut steps = Vec::new();
-    for level in &c.levels {
+    for (d, level) in c.levels.iter().enumerate() {
         for &i in level {
-            if let Some(s) = plan_step(c, i, level_of(i, &c.levels), &renderer, &mut diags) {
+            if let Some(s) = plan_step(c, i, d + 1, &renderer, &mut diags) {
                 steps.push(s);
             }
         }
     }
     let mut finally = Vec::new();
-    for level in &c.finally_levels {
+    for (d, level) in c.finally_levels.iter().enumerate() {
         for &i in level {
-            if let Some(s) = plan_step(c, i, level_of(i, &c.finally_levels), &renderer, &mut diags)
-            {
+            if let Some(s) = plan_step(c, i, d + 1, &renderer, &mut diags) {
                 finally.push(s);
             }
         }
