@@ -211,6 +211,46 @@ pub trait Store: Send + Sync {
     fn location(&self) -> Option<&Path> {
         None
     }
+
+    /// Queue a journal event (and audit entry) to be committed with the next durable write of
+    /// this store (group commit), or by [`Store::flush`]; in order with every other write. For
+    /// records nothing acts on before the next durable write: a step's end (the next step's start
+    /// is durable before its action), a command about to be followed by its supervisor's record.
+    ///
+    /// # Errors
+    /// As [`Store::record`], for stores that cannot queue and write at once.
+    fn record_deferred(
+        &self,
+        run_id: &str,
+        event: &EventInput,
+        audit: Option<&AuditInput>,
+    ) -> Result<(), StateError> {
+        self.record(run_id, event, audit).map(|_| ())
+    }
+
+    /// Queue captured output (already masked) to be committed with the next durable write, by
+    /// [`Store::flush`], or once enough has queued up.
+    ///
+    /// # Errors
+    /// As [`Store::append_log`].
+    fn append_log_deferred(
+        &self,
+        run_id: &str,
+        step: &str,
+        attempt: u32,
+        stream: &str,
+        text: &str,
+    ) -> Result<(), StateError> {
+        self.append_log(run_id, step, attempt, stream, text)
+    }
+
+    /// Commit everything queued by the `*_deferred` methods, durably.
+    ///
+    /// # Errors
+    /// A storage failure; the queued records are then lost and the caller must stop the run.
+    fn flush(&self) -> Result<(), StateError> {
+        Ok(())
+    }
 }
 
 /// The outcome of a run, as stored (lowercase) and shown.

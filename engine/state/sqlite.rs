@@ -196,7 +196,40 @@ pub struct SqliteStore {
     signer: Option<AuditSigner>,
     /// Whether the "not signing blindly" warning was printed (once per process is enough).
     warned: AtomicBool,
+    /// Records queued for the next commit (group commit), in the order they were queued.
+    pending: Mutex<Pending>,
 }
+
+/// Records waiting for the next commit.
+#[derive(Debug, Default)]
+struct Pending {
+    records: Vec<Queued>,
+    /// Bytes of log text queued: past [`FLUSH_BYTES`] the queue is committed at once.
+    bytes: usize,
+}
+
+/// A record queued for the next commit, with the time it was made.
+#[derive(Debug)]
+enum Queued {
+    Event {
+        run_id: String,
+        event: Box<EventInput>,
+        audit: Option<Box<AuditInput>>,
+        at_ms: i64,
+    },
+    Log {
+        run_id: String,
+        step: String,
+        attempt: u32,
+        stream: String,
+        text: String,
+        at_ms: i64,
+    },
+}
+
+/// Queued output past which it is committed without waiting for the next durable write: bounds
+/// the memory a chatty step costs and what a crash can lose.
+const FLUSH_BYTES: usize = 256 * 1024;
 
 impl SqliteStore {
     /// Open (creating if needed) the state database `runbook.db` in `dir`, creating `dir` with
@@ -238,6 +271,7 @@ impl SqliteStore {
             path,
             signer: signer_for(dir, &signing::default_config())?,
             warned: AtomicBool::new(false),
+            pending: Mutex::new(Pending::default()),
         })
     }
 
@@ -309,13 +343,68 @@ impl SqliteStore {
         body: impl FnOnce(&Connection) -> Result<T, Fail>,
     ) -> Result<T, StateError> {
         let conn = self.conn();
+        let queued = self.take_pending();
         let result = (|| {
             let tx = Transaction::new_unchecked(&conn, TransactionBehavior::Immediate)?;
+            // Queued records first: they were made before this one.
+            self.write_queued(&tx, &queued)?;
             let out = body(&tx)?;
             tx.commit()?;
             Ok(out)
         })();
         result.map_err(|f| self.fail(f, action))
+    }
+
+    fn take_pending(&self) -> Vec<Queued> {
+        let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        p.bytes = 0;
+        std::mem::take(&mut p.records)
+    }
+
+    fn write_queued(&self, conn: &Connection, queued: &[Queued]) -> Result<(), Fail> {
+        for q in queued {
+            match q {
+                Queued::Event {
+                    run_id,
+                    event,
+                    audit,
+                    at_ms,
+                } => {
+                    insert_event(conn, run_id, event, *at_ms)?;
+                    if let Some(audit) = audit {
+                        self.append(conn, audit, false)?;
+                    }
+                }
+                Queued::Log {
+                    run_id,
+                    step,
+                    attempt,
+                    stream,
+                    text,
+                    at_ms,
+                } => insert_log(conn, run_id, step, *attempt, stream, text, *at_ms)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn queue(&self, q: Queued, bytes: usize) -> Result<(), StateError> {
+        let full = {
+            let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            p.records.push(q);
+            p.bytes += bytes;
+            p.bytes >= FLUSH_BYTES
+        };
+        if full { Store::flush(self) } else { Ok(()) }
+    }
+
+    fn has_pending(&self) -> bool {
+        !self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .records
+            .is_empty()
     }
 
     /// Run `body` outside an explicit transaction (single statements are atomic snapshots).
@@ -324,6 +413,10 @@ impl SqliteStore {
         action: impl FnOnce() -> String,
         body: impl FnOnce(&Connection) -> Result<T, Fail>,
     ) -> Result<T, StateError> {
+        // A reader of this store sees what it queued.
+        if self.has_pending() {
+            Store::flush(self)?;
+        }
         let conn = self.conn();
         body(&conn).map_err(|f| self.fail(f, action))
     }
@@ -1112,6 +1205,53 @@ fn lock_row(conn: &Connection, name: &str) -> Result<Option<LockRow>, Fail> {
 }
 
 /// Fail with [`StateError::RunNotFound`] instead of a bare foreign-key violation.
+/// Insert a journal event with the next seq of its run; returns the seq.
+fn insert_event(
+    conn: &Connection,
+    run_id: &str,
+    event: &EventInput,
+    at_ms: i64,
+) -> Result<i64, Fail> {
+    let data = json_text("the event data", &event.data)?;
+    let seq: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?1")?
+        .query_row([run_id], |row| row.get(0))?;
+    conn.prepare_cached(
+        "INSERT INTO events (run_id, seq, at_ms, step, kind, attempt, data) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        run_id,
+        seq,
+        at_ms,
+        event.step,
+        event.kind,
+        event.attempt,
+        data
+    ])
+    .map_err(run_must_exist(run_id))?;
+    Ok(seq)
+}
+
+/// Insert a line (or chunk) of captured output.
+fn insert_log(
+    conn: &Connection,
+    run_id: &str,
+    step: &str,
+    attempt: u32,
+    stream: &str,
+    text: &str,
+    at_ms: i64,
+) -> Result<(), Fail> {
+    conn.prepare_cached(
+        "INSERT INTO logs (run_id, step, attempt, stream, at_ms, text) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![run_id, step, attempt, stream, at_ms, text])
+    .map_err(run_must_exist(run_id))?;
+    Ok(())
+}
+
 fn run_must_exist(run_id: &str) -> impl FnOnce(rusqlite::Error) -> Fail + '_ {
     move |e| {
         if is_foreign_key(&e) {
@@ -1178,6 +1318,16 @@ fn verify_row(v: &mut Verifier, row: &rusqlite::Row<'_>) -> rusqlite::Result<()>
     Ok(())
 }
 
+impl Drop for SqliteStore {
+    /// Queued records are committed when the store goes away (the run ended, or stopped on an
+    /// error): only a crash loses them, as it would have lost the write not yet made.
+    fn drop(&mut self) {
+        if let Err(e) = Store::flush(self) {
+            tracing::warn!("failed to commit the last journal records: {e}");
+        }
+    }
+}
+
 impl Store for SqliteStore {
     fn create_run(&self, run: &NewRun) -> Result<RunRecord, StateError> {
         let started_at_ms = now_ms();
@@ -1238,26 +1388,7 @@ impl Store for SqliteStore {
         self.write(
             || format!("record a {} event for run {run_id}", event.kind),
             |conn| {
-                let data = json_text("the event data", &event.data)?;
-                let seq: i64 = conn
-                    .prepare_cached(
-                        "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?1",
-                    )?
-                    .query_row([run_id], |row| row.get(0))?;
-                conn.prepare_cached(
-                    "INSERT INTO events (run_id, seq, at_ms, step, kind, attempt, data) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?
-                .execute(params![
-                    run_id,
-                    seq,
-                    now_ms(),
-                    event.step,
-                    event.kind,
-                    event.attempt,
-                    data
-                ])
-                .map_err(run_must_exist(run_id))?;
+                let seq = insert_event(conn, run_id, event, now_ms())?;
                 if let Some(audit) = audit {
                     self.append(conn, audit, false)?;
                 }
@@ -1410,15 +1541,55 @@ impl Store for SqliteStore {
     ) -> Result<(), StateError> {
         self.write(
             || format!("store the {stream} of step {step} of run {run_id}"),
-            |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO logs (run_id, step, attempt, stream, at_ms, text) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![run_id, step, attempt, stream, now_ms(), text])
-                .map_err(run_must_exist(run_id))?;
-                Ok(())
+            |conn| insert_log(conn, run_id, step, attempt, stream, text, now_ms()),
+        )
+    }
+
+    fn record_deferred(
+        &self,
+        run_id: &str,
+        event: &EventInput,
+        audit: Option<&AuditInput>,
+    ) -> Result<(), StateError> {
+        self.queue(
+            Queued::Event {
+                run_id: run_id.to_owned(),
+                event: Box::new(event.clone()),
+                audit: audit.cloned().map(Box::new),
+                at_ms: now_ms(),
             },
+            0,
+        )
+    }
+
+    fn append_log_deferred(
+        &self,
+        run_id: &str,
+        step: &str,
+        attempt: u32,
+        stream: &str,
+        text: &str,
+    ) -> Result<(), StateError> {
+        self.queue(
+            Queued::Log {
+                run_id: run_id.to_owned(),
+                step: step.to_owned(),
+                attempt,
+                stream: stream.to_owned(),
+                text: text.to_owned(),
+                at_ms: now_ms(),
+            },
+            text.len() + 64,
+        )
+    }
+
+    fn flush(&self) -> Result<(), StateError> {
+        if !self.has_pending() {
+            return Ok(());
+        }
+        self.write(
+            || "commit the queued journal records".to_owned(),
+            |_| Ok(()),
         )
     }
 
