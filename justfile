@@ -25,9 +25,11 @@ schemas:
 demo:
     cargo run --quiet -- exec runbooks/example.yaml --yes
 
-# Benchmarks: plan of a 10,000-step runbook; a 1,000-step chain against a shell script.
+# Benchmarks, in one go (release build): compile at 5k/10k/25k steps; a chain against a shell
+# script and GNU make, journal off and on; the cost of durability; a chatty step; history
+# queries at 100,000 runs.
 bench:
-    cargo bench --bench plan_10k --bench exec_chain --bench durability
+    cargo bench --bench plan_10k --bench exec_chain --bench durability --bench chatty --bench history
 
 # Fuzz the runbook, drill, cron and triggers parsers and the plan file reader for about
 # MINUTES minutes (proptest over arbitrary bytes and mutated real files; no panic, no hang).
