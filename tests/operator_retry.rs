@@ -129,6 +129,8 @@ fn with_upstream_reruns_the_compensated_steps_first_in_dependency_order() {
     let state = TempDir::new("retry-upstream-state");
     let tmp = TempDir::new("retry-upstream-tmp");
     let id = rolled_back(&state, &tmp);
+    // A pause between the rolled-back run and its retry: it must show in no step's time.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
 
     let out = cli(
         &state,
@@ -216,6 +218,24 @@ fn with_upstream_reruns_the_compensated_steps_first_in_dependency_order() {
         "escalate is neither upstream nor downstream\n{}",
         out.dump()
     );
+
+    // JUnit times each run of `setup` by itself: neither includes the pause.
+    let junit = cli(&state, &tmp, &["report", &id, "--format", "junit"]).run();
+    junit.assert_code(0);
+    let case_time = |name: &str| -> f64 {
+        let key = format!("name=\"{name}\" time=\"");
+        let at = junit
+            .stdout
+            .find(&key)
+            .unwrap_or_else(|| panic!("no {name}\n{}", junit.stdout));
+        let rest = &junit.stdout[at + key.len()..];
+        rest[..rest.find('"').unwrap_or(0)]
+            .parse()
+            .unwrap_or(f64::MAX)
+    };
+    assert!(case_time("setup") < 2.0, "{}", junit.stdout);
+    assert!(case_time("setup (2nd run)") < 2.0, "{}", junit.stdout);
+    assert!(case_time("undo setup") < 2.0, "{}", junit.stdout);
 
     // The finally step saw the honest status of this retry.
     let report: Vec<&Value> = out.of_step("step_succeeded", "report");
