@@ -225,9 +225,14 @@ pub enum Command {
     Retry {
         /// The run.
         run_id: String,
-        /// The step to start again from.
+        /// The step to start again from: it and its descendants run again, in dependency
+        /// order, with upstream results taken from the journal.
         #[arg(long, value_name = "STEP")]
         from: String,
+        /// Also re-run, first, the upstream steps whose results no longer hold (undone by a
+        /// rollback, failed or never run), and the upstream steps that depend on them.
+        #[arg(long)]
+        with_upstream: bool,
         /// Resume although the runbook file changed since the run started (recorded).
         #[arg(long)]
         allow_changed: bool,
@@ -419,6 +424,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Retry {
             run_id,
             from,
+            with_upstream,
             allow_changed,
             params,
             run,
@@ -427,7 +433,10 @@ pub fn run(cli: Cli) -> u8 {
             cli.state_dir.clone(),
             &run_id,
             std::collections::BTreeMap::new(),
-            Some(from),
+            Some(crate::cli_state::RetryFrom {
+                step: from,
+                with_upstream,
+            }),
             allow_changed,
             &params,
             &run,

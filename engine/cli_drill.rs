@@ -607,6 +607,7 @@ pub(crate) fn resume(
         events,
         decisions,
         from_step,
+        with_upstream: false,
         changed,
     };
     let options = crate::exec::Options {

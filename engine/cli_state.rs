@@ -44,6 +44,15 @@ pub(crate) fn find_run(store: &dyn Store, run_id: &str) -> Result<crate::state::
     }
 }
 
+/// `runbook retry RUN --from STEP [--with-upstream]`.
+#[derive(Debug, Clone)]
+pub struct RetryFrom {
+    /// The step to start again from.
+    pub step: String,
+    /// Re-run first the upstream steps whose results no longer hold.
+    pub with_upstream: bool,
+}
+
 /// `runbook resume` and `runbook retry --from`.
 #[expect(
     clippy::too_many_arguments,
@@ -54,7 +63,7 @@ pub fn resume(
     dir: Option<PathBuf>,
     run_id: &str,
     decisions: BTreeMap<String, Decision>,
-    from_step: Option<String>,
+    retry: Option<RetryFrom>,
     allow_changed: bool,
     params: &ParamArgs,
     run: &RunArgs,
@@ -67,6 +76,8 @@ pub fn resume(
         Ok(r) => r,
         Err(c) => return c,
     };
+    let with_upstream = retry.as_ref().is_some_and(|r| r.with_upstream);
+    let from_step = retry.map(|r| r.step);
     if record.status == crate::state::RunStatus::Succeeded && from_step.is_none() {
         eprintln!(
             "error: run {} succeeded: there is nothing to resume\n  help: `runbook retry {} --from STEP` runs a step and its dependants again",
@@ -153,10 +164,23 @@ pub fn resume(
             return exit::INVALID;
         }
     }
+    if let Some(step) = &from_step {
+        match crate::exec::retry_plan(&compiled, &events, &record.id, step, with_upstream) {
+            Ok(plan) => eprint!("{}", plan.describe(&record.id, step)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return match e {
+                    crate::exec::RetryError::FinallyStep(_) => exit::INVALID,
+                    crate::exec::RetryError::Upstream { .. } => exit::STATE,
+                };
+            }
+        }
+    }
     let from = ResumeFrom {
         events,
         decisions,
         from_step,
+        with_upstream,
         changed,
     };
     crate::cli::launch(&compiled, &values, run, Some(store), Some((record, from)))

@@ -24,7 +24,7 @@ pub use check::{Finding, check};
 pub use context::{ActionCtx, CancelWait, Shared};
 pub use events::{Event, Reporter, Stream};
 pub use report::{OutputMode, reporter_for};
-pub use resume::{Decision, ResumeFrom};
+pub use resume::{Decision, ResumeFrom, RetryError, RetryPlan, retry_plan};
 pub use scheduler::call;
 
 /// What one performance of an action produced.

@@ -61,6 +61,9 @@ pub struct ResumeFrom {
     pub decisions: BTreeMap<String, Decision>,
     /// `retry --from STEP`: this step and everything downstream run again.
     pub from_step: Option<String>,
+    /// `retry --with-upstream`: upstream steps whose journaled results no longer hold (undone by
+    /// a rollback, failed, never run) run again first, with what depends on them.
+    pub with_upstream: bool,
     /// The runbook changed since the run started and the operator allowed it.
     pub changed: bool,
 }
@@ -425,5 +428,198 @@ pub(super) async fn settle(
             () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
             () = cancel.wait() => {}
         }
+    }
+}
+
+/// What a step's journal says about it, for the plan of a retry.
+fn journal_state(c: &Compiled, events: &[EventRecord]) -> BTreeMap<usize, &'static str> {
+    let mut state = BTreeMap::new();
+    for e in events {
+        let Some(&i) = e
+            .step
+            .as_deref()
+            .and_then(|s| c.index_by_id.get(s))
+            .filter(|&&i| i < c.main_count)
+        else {
+            continue;
+        };
+        let what = match e.kind.as_str() {
+            "step_started" => "in flight",
+            "step_succeeded" => "succeeded",
+            "step_skipped" => "skipped",
+            "step_failed" => "failed",
+            "step_aborted" => "aborted",
+            "compensated" if e.data["ok"] == true => "undone by the rollback",
+            _ => continue,
+        };
+        state.insert(i, what);
+    }
+    state
+}
+
+/// Why `retry RUN --from STEP` cannot run as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    /// The step is a `finally` step: those run at the end of every run anyway.
+    #[error(
+        "`{0}` is a finally step: finally steps run at the end of every retry anyway\n  help: retry --from a main step"
+    )]
+    FinallyStep(String),
+    /// Upstream steps of the retried ones no longer hold their journaled results.
+    #[error(
+        "refusing to retry from `{from}`: {} upstream of it no longer {} a result to build on: {}\n  help: `runbook retry {run} --from {from} --with-upstream` re-runs {} first (then what depends on {}), in dependency order; or retry --from an earlier step",
+        if .missing.len() == 1 { "a step" } else { "steps" },
+        if .missing.len() == 1 { "has" } else { "have" },
+        .missing.iter().map(|(s, why)| format!("`{s}` ({why})")).collect::<Vec<_>>().join(", "),
+        if .missing.len() == 1 { "it" } else { "them" },
+        if .missing.len() == 1 { "it" } else { "them" },
+    )]
+    Upstream {
+        /// The run.
+        run: String,
+        /// The step asked for.
+        from: String,
+        /// The upstream steps and what the journal says of them (`undone by the rollback`…).
+        missing: Vec<(String, String)>,
+    },
+}
+
+/// What `retry RUN --from STEP` runs, decided from the journal before anything runs.
+#[derive(Debug, Clone, Default)]
+pub struct RetryPlan {
+    /// The steps that run again, in dependency order, each with why.
+    pub rerun: Vec<(String, String)>,
+    /// Upstream steps whose journaled results are used as they are.
+    pub kept: Vec<String>,
+    /// Steps neither upstream nor downstream of STEP that did not succeed: left as the journal
+    /// has them (not run), with what it says.
+    pub left: Vec<(String, String)>,
+    /// Indexes of `rerun`.
+    rerun_idx: BTreeSet<usize>,
+    /// Indexes of `left`.
+    left_idx: BTreeSet<usize>,
+}
+
+impl RetryPlan {
+    /// The plan as the operator reads it before the retry starts.
+    pub fn describe(&self, run: &str, from: &str) -> String {
+        use std::fmt::Write as _;
+        let mut s = format!("retry of run {run} from `{from}`:\n  runs again, in this order:\n");
+        for (k, (id, why)) in self.rerun.iter().enumerate() {
+            let _ = writeln!(s, "    {}. {id} ({why})", k + 1);
+        }
+        if !self.kept.is_empty() {
+            let _ = writeln!(
+                s,
+                "  upstream results taken from the journal: {}",
+                self.kept.join(", ")
+            );
+        }
+        if !self.left.is_empty() {
+            let _ = writeln!(
+                s,
+                "  not run (neither upstream nor downstream of `{from}`): {}",
+                self.left
+                    .iter()
+                    .map(|(id, why)| format!("{id} ({why})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        s
+    }
+}
+
+/// Decide what `retry RUN --from STEP` runs: STEP and its descendants, in dependency order, with
+/// upstream results taken from the journal. An upstream step whose result no longer holds
+/// (undone by a rollback, failed, never run) refuses the retry, unless `with_upstream`: then it
+/// runs again first, and so does every upstream step that depends on it (its journaled result
+/// was built on the old one).
+///
+/// # Errors
+/// A `finally` step, or upstream steps without a result and no `with_upstream`.
+pub fn retry_plan(
+    c: &Compiled,
+    events: &[EventRecord],
+    run: &str,
+    from: &str,
+    with_upstream: bool,
+) -> Result<RetryPlan, RetryError> {
+    let Some(&s) = c.index_by_id.get(from) else {
+        return Ok(RetryPlan::default());
+    };
+    if s >= c.main_count {
+        return Err(RetryError::FinallyStep(from.to_owned()));
+    }
+    let journaled = read(c, events, "");
+    let state = journal_state(c, events);
+    let said = |i: usize| state.get(&i).copied().unwrap_or("never ran").to_owned();
+    let targets: BTreeSet<usize> = std::iter::once(s).chain(c.downstream(s)).collect();
+    let upstream: BTreeSet<usize> = targets
+        .iter()
+        .flat_map(|&t| c.upstream(t))
+        .filter(|i| !targets.contains(i))
+        .collect();
+    let missing: Vec<usize> = c
+        .order
+        .iter()
+        .copied()
+        .filter(|i| upstream.contains(i) && !journaled.done.contains_key(i))
+        .collect();
+    if !missing.is_empty() && !with_upstream {
+        return Err(RetryError::Upstream {
+            run: run.to_owned(),
+            from: from.to_owned(),
+            missing: missing
+                .iter()
+                .map(|&i| (c.steps[i].id.clone(), said(i)))
+                .collect(),
+        });
+    }
+    let mut why: BTreeMap<usize, String> = BTreeMap::new();
+    why.insert(s, "the step asked for".to_owned());
+    for &m in &missing {
+        why.insert(m, format!("upstream, {}: --with-upstream", said(m)));
+    }
+    for &m in &missing {
+        for d in c.downstream(m) {
+            if upstream.contains(&d) {
+                why.entry(d).or_insert_with(|| {
+                    format!("upstream, depends on the re-run `{}`", c.steps[m].id)
+                });
+            }
+        }
+    }
+    for &t in &targets {
+        why.entry(t)
+            .or_insert_with(|| format!("downstream of `{from}`"));
+    }
+    let mut plan = RetryPlan::default();
+    for &i in &c.order {
+        if let Some(w) = why.remove(&i) {
+            plan.rerun.push((c.steps[i].id.clone(), w));
+            plan.rerun_idx.insert(i);
+        } else if upstream.contains(&i) {
+            plan.kept.push(c.steps[i].id.clone());
+        } else if !journaled.done.contains_key(&i) && !journaled.in_flight.contains(&i) {
+            plan.left.push((c.steps[i].id.clone(), said(i)));
+            plan.left_idx.insert(i);
+        }
+    }
+    Ok(plan)
+}
+
+/// Apply a retry's plan to what a resumed run keeps: the re-run steps are no longer done, and
+/// the steps left out are kept out (recorded as not run, never scheduled).
+pub(super) fn apply_retry(plan: &RetryPlan, from: &str, journaled: &mut Journaled) {
+    for i in &plan.rerun_idx {
+        journaled.done.remove(i);
+        journaled.in_flight.remove(i);
+    }
+    for &i in &plan.left_idx {
+        journaled.done.insert(
+            i,
+            StepEnd::skipped(format!("not part of `retry --from {from}`")),
+        );
     }
 }

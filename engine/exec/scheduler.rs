@@ -566,13 +566,13 @@ pub(super) async fn prepare_resume(
 ) -> Result<Prior, super::ExecError> {
     shared.mark_resumed();
     let mut journaled = super::resume::read(c, &from.events, "");
-    if let Some(step) = &from.from_step
-        && let Some(&i) = c.index_by_id.get(step)
-    {
-        for d in std::iter::once(i).chain(c.downstream(i)) {
-            journaled.done.remove(&d);
-            journaled.in_flight.remove(&d);
-        }
+    if let Some(step) = &from.from_step {
+        // The command line refused an impossible retry before the lock; this refuses it for
+        // every other caller (a drill's retry) the same way.
+        let plan =
+            super::resume::retry_plan(c, &from.events, &shared.run_id, step, from.with_upstream)
+                .map_err(|e| super::ExecError::NeedsDecision(vec![e.to_string()]))?;
+        super::resume::apply_retry(&plan, step, &mut journaled);
     }
     let from = Arc::new(from.clone());
     let (done, recovered, decisions) = decide_in_flight(shared, c, params, &from, "", journaled)

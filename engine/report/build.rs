@@ -486,7 +486,11 @@ fn approvals(
 fn bottlenecks(entries: &[timeline::TimelineEntry], total: Option<u64>) -> Vec<Bottleneck> {
     let mut steps: Vec<&timeline::TimelineEntry> = entries
         .iter()
-        .filter(|e| e.parent.is_none() && e.kind != EntryKind::Checks && e.duration_ms > 0)
+        .filter(|e| {
+            e.parent.is_none()
+                && !matches!(e.kind, EntryKind::Checks | EntryKind::Gap)
+                && e.duration_ms > 0
+        })
         .collect();
     steps.sort_by(|a, b| b.duration_ms.cmp(&a.duration_ms).then(a.step.cmp(&b.step)));
     let total = total
@@ -506,7 +510,7 @@ fn bottlenecks(entries: &[timeline::TimelineEntry], total: Option<u64>) -> Vec<B
             Bottleneck {
                 step: match e.kind {
                     EntryKind::Compensation => format!("{} (compensation)", e.step),
-                    _ => e.step.clone(),
+                    _ => e.label(),
                 },
                 duration_ms: e.duration_ms,
                 share_pct: (share * 10.0).round() / 10.0,

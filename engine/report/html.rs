@@ -346,6 +346,7 @@ fn gantt(out: &mut String, s: &Section, n: usize) {
                 EntryKind::Step => "step",
                 EntryKind::Compensation => "compensation",
                 EntryKind::Checks => "checks",
+                EntryKind::Gap => "gap",
             },
             e.critical,
             y + 3.0,

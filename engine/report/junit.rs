@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use super::escape::{truncate, xml_escape as esc};
-use super::timeline::Outcome;
+use super::timeline::{EntryKind, Outcome};
 use super::{ObjectiveRow, Report, ReportKind, Section, fmt_duration};
 use crate::drill::Verdict;
 
@@ -208,11 +208,13 @@ fn drill_cases(s: &Section, cases: &mut Vec<Case>) {
 
 fn run_cases(s: &Section, cases: &mut Vec<Case>) {
     let class = s.facts.runbook.clone();
-    for e in &s.timeline {
+    // The time no engine ran is no test case; each run of a step is one, with its own span.
+    for e in s.timeline.iter().filter(|e| e.kind != EntryKind::Gap) {
         let name = e.label();
         let result = match e.outcome {
             Outcome::Succeeded | Outcome::Passed | Outcome::Compensated => CaseResult::Passed,
             Outcome::Skipped => CaseResult::Skipped(e.detail.clone()),
+            Outcome::Interrupted => CaseResult::Skipped(format!("interrupted: {}", e.detail)),
             o => CaseResult::Failed {
                 message: format!("{name}: {}", o.as_str()),
                 detail: truncate(&e.detail, 2000),

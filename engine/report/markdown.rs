@@ -332,6 +332,7 @@ fn timeline(out: &mut String, s: &Section) {
 fn outcome_mark(o: Outcome) -> &'static str {
     match o {
         Outcome::Skipped => "➖",
+        Outcome::Interrupted => "⏸",
         o if o.is_ok() => "✅",
         _ => "❌",
     }
@@ -344,7 +345,12 @@ fn step_label(e: &TimelineEntry) -> String {
     match e.kind {
         EntryKind::Compensation => format!("undo `{}`{star}", md_cell(&e.step)),
         EntryKind::Checks => format!("`{}` checks{star}", md_cell(&e.step)),
-        EntryKind::Step => format!("{indent}`{}`{star}", md_cell(&e.step)),
+        EntryKind::Step => format!(
+            "{indent}`{}`{}{star}",
+            md_cell(&e.step),
+            md_cell(&e.rerun_suffix())
+        ),
+        EntryKind::Gap => "_no engine running_".to_owned(),
     }
 }
 

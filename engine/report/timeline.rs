@@ -18,6 +18,9 @@ pub enum EntryKind {
     Compensation,
     /// Runbook-level checks (`preflight`) that are not a step.
     Checks,
+    /// The time no engine ran the run: from its last record before a stop (crash, Ctrl-C, a
+    /// finished run retried) to its resume.
+    Gap,
 }
 
 /// How an entry ended.
@@ -40,6 +43,9 @@ pub enum Outcome {
     CompensationFailed,
     /// The journal has no end for it (the run crashed or is still running).
     Unfinished,
+    /// The run stopped while it ran (crash, Ctrl-C) and a resume went on from there: its span
+    /// ends at its last record before the stop.
+    Interrupted,
 }
 
 impl Outcome {
@@ -48,7 +54,7 @@ impl Outcome {
     pub fn is_ok(self) -> bool {
         matches!(
             self,
-            Self::Succeeded | Self::Passed | Self::Compensated | Self::Skipped
+            Self::Succeeded | Self::Passed | Self::Compensated | Self::Skipped | Self::Interrupted
         )
     }
 
@@ -64,6 +70,7 @@ impl Outcome {
             Self::Compensated => "compensated",
             Self::CompensationFailed => "compensation failed",
             Self::Unfinished => "unfinished",
+            Self::Interrupted => "interrupted",
         }
     }
 }
@@ -116,6 +123,9 @@ pub struct TimelineEntry {
     pub detail: String,
     /// Whether it is on the critical path.
     pub critical: bool,
+    /// How many earlier entries of the same step the timeline has (a step run again by a
+    /// resume or a retry gets an entry per run, each with its own span).
+    pub rerun: u32,
     /// Journal position of its first event (orders entries that share a millisecond).
     #[serde(skip)]
     pub(crate) start_seq: i64,
@@ -143,18 +153,39 @@ impl TimelineEntry {
             outcome: Outcome::Unfinished,
             detail: String::new(),
             critical: false,
+            rerun: 0,
             start_seq: seq,
             end_seq: None,
         }
     }
 
-    /// The entry as named in a report: `undo <step>` for a compensation.
+    /// The entry as named in a report: `undo <step>` for a compensation, `<step> (2nd run)` for
+    /// a step's second run (after a resume or a retry).
     #[must_use]
     pub fn label(&self) -> String {
         match self.kind {
             EntryKind::Compensation => format!("undo {}", self.step),
             EntryKind::Checks => format!("{} checks", self.step),
-            EntryKind::Step => self.step.clone(),
+            EntryKind::Step => format!("{}{}", self.step, self.rerun_suffix()),
+            EntryKind::Gap => "no engine running".to_owned(),
+        }
+    }
+
+    /// ` (2nd run)`, ` (3rd run)`… for a step's later runs; empty for its first.
+    #[must_use]
+    pub fn rerun_suffix(&self) -> String {
+        let n = self.rerun + 1;
+        let th = match (n % 10, n % 100) {
+            (_, 11..=13) => "th",
+            (1, _) => "st",
+            (2, _) => "nd",
+            (3, _) => "rd",
+            _ => "th",
+        };
+        if self.rerun == 0 {
+            String::new()
+        } else {
+            format!(" ({n}{th} run)")
         }
     }
 
@@ -207,10 +238,40 @@ pub fn build(events: &[EventRecord]) -> Vec<TimelineEntry> {
     let mut approval_since: HashMap<usize, i64> = HashMap::new();
     let mut rollback_cursor: Option<i64> = None;
     let mut compensating: HashMap<String, i64> = HashMap::new();
+    // The last record of each entry, to end what a stop interrupted.
+    let mut last_of: HashMap<usize, (i64, i64)> = HashMap::new();
+    // How many entries each step has had: a resume starts new ones.
+    let mut runs: HashMap<String, u32> = HashMap::new();
+    let (splits, prelude) = sessions(events);
 
-    for e in events {
+    for (k, e) in events.iter().enumerate() {
         let d = &e.data;
+        if prelude.contains(&k) {
+            continue;
+        }
         match e.kind.as_str() {
+            "resumed" => {
+                let interrupted = resumed(&mut entries, &mut by_step, &last_of, e);
+                let (stopped, restarted) = splits.get(&k).copied().unwrap_or((e.at_ms, e.at_ms));
+                if stopped < restarted {
+                    let mut gap = TimelineEntry::new("", EntryKind::Gap, stopped, e.seq);
+                    gap.parent = None;
+                    gap.finish(
+                        restarted,
+                        e.seq,
+                        Outcome::Interrupted,
+                        format!(
+                            "the run stopped{}; a resume (or retry) went on from there",
+                            if interrupted.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" while {} ran", interrupted.join(", "))
+                            }
+                        ),
+                    );
+                    entries.push(gap);
+                }
+            }
             "rollback_started" => rollback_cursor = Some(e.at_ms),
             "compensated" => {
                 let step = text(d, "step");
@@ -245,9 +306,14 @@ pub fn build(events: &[EventRecord]) -> Vec<TimelineEntry> {
                     } else {
                         EntryKind::Step
                     };
-                    entries.push(TimelineEntry::new(step, kind, e.at_ms, e.seq));
+                    let mut entry = TimelineEntry::new(step, kind, e.at_ms, e.seq);
+                    let n = runs.entry(step.to_owned()).or_insert(0);
+                    entry.rerun = *n;
+                    *n += 1;
+                    entries.push(entry);
                     entries.len() - 1
                 });
+                last_of.insert(idx, (e.at_ms, e.seq));
                 apply(&mut entries[idx], e, &mut spans, &mut approval_since, idx);
             }
         }
@@ -274,6 +340,100 @@ pub fn build(events: &[EventRecord]) -> Vec<TimelineEntry> {
     }
     entries.sort_by_key(|e| (e.start_ms, e.start_seq));
     entries
+}
+
+/// Where each resume starts, by the index of its `resumed` record: when the stopped run's last
+/// record was written and when the resume's first one was (the gap in between), and the
+/// resume's own checks before its `resumed` record (the in-flight steps' `verify` gates, read
+/// once), which belong to no run of a step.
+///
+/// Those checks are the `command`/`check` records right before `resumed`; the stop is the
+/// longest silence among them (after a Ctrl-C, the `run_finished` record ends the walk).
+fn sessions(events: &[EventRecord]) -> (HashMap<usize, (i64, i64)>, HashSet<usize>) {
+    let mut splits = HashMap::new();
+    let mut prelude = HashSet::new();
+    for (r, e) in events.iter().enumerate() {
+        if e.kind != "resumed" || r == 0 {
+            continue;
+        }
+        let mut first = r;
+        while first > 1 && matches!(events[first - 1].kind.as_str(), "command" | "check") {
+            first -= 1;
+        }
+        // The split is the longest silence between consecutive records in events[first-1..=r].
+        let split = (first..=r)
+            .max_by_key(|&k| (events[k].at_ms - events[k - 1].at_ms, k))
+            .unwrap_or(r);
+        splits.insert(r, (events[split - 1].at_ms, events[split].at_ms));
+        prelude.extend(split..r);
+    }
+    (splits, prelude)
+}
+
+/// A resume: what the stop interrupted ends at its last record (`interrupted`, or as the resume
+/// decided: verified or skipped), and every step's later records start a new entry. Returns the
+/// steps it interrupted.
+fn resumed(
+    entries: &mut [TimelineEntry],
+    by_step: &mut HashMap<String, usize>,
+    last_of: &HashMap<usize, (i64, i64)>,
+    e: &EventRecord,
+) -> Vec<String> {
+    let mut interrupted = Vec::new();
+    let open: HashMap<String, usize> = std::mem::take(by_step);
+    for &idx in open.values() {
+        let entry = &mut entries[idx];
+        if entry.kind != EntryKind::Step {
+            continue;
+        }
+        // Killed by a cancellation: interrupted, not failed (a resume takes it up again).
+        let cancelled = entry.outcome == Outcome::Failed
+            && (entry.detail == "cancelled" || entry.detail.starts_with("cancelled: "));
+        if cancelled {
+            entry.outcome = Outcome::Interrupted;
+            interrupted.push(entry.step.clone());
+        } else if entry.end_ms.is_none() {
+            let (at, seq) = last_of
+                .get(&idx)
+                .copied()
+                .unwrap_or((entry.start_ms, entry.start_seq));
+            entry.finish(
+                at,
+                seq,
+                Outcome::Interrupted,
+                "the run stopped while it ran".to_owned(),
+            );
+            interrupted.push(entry.step.clone());
+        }
+    }
+    interrupted.sort();
+    let decisions = e
+        .data
+        .get("decisions")
+        .and_then(serde_json::Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for d in decisions {
+        let Some(&idx) = open.get(&text(&d, "step")) else {
+            continue;
+        };
+        let entry = &mut entries[idx];
+        if entry.outcome != Outcome::Interrupted {
+            continue;
+        }
+        match text(&d, "decision").as_str() {
+            "done" => {
+                entry.outcome = Outcome::Succeeded;
+                entry.detail = text(&d, "reason");
+            }
+            "skip" => {
+                entry.outcome = Outcome::Skipped;
+                entry.detail = text(&d, "reason");
+            }
+            _ => {}
+        }
+    }
+    interrupted
 }
 
 fn apply(
@@ -357,7 +517,10 @@ fn apply(
 /// on the path get the same treatment inside their caller. Returns the path, first step first.
 pub fn mark_critical_path(entries: &mut [TimelineEntry], dag: Option<&Dag>) -> Vec<String> {
     let top: Vec<usize> = (0..entries.len())
-        .filter(|&i| entries[i].parent.is_none() || entries[i].kind == EntryKind::Compensation)
+        .filter(|&i| {
+            entries[i].kind != EntryKind::Gap
+                && (entries[i].parent.is_none() || entries[i].kind == EntryKind::Compensation)
+        })
         .collect();
     let mut path = chain(entries, &top, dag);
     // Expand the steps of called runbooks inside each critical caller.
