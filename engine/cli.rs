@@ -583,6 +583,53 @@ fn read_params_file(out: Output, p: &Path) -> Result<BTreeMap<String, serde_json
     })
 }
 
+/// The runbook and its params for `plan`: like [`load`], except that required params nobody
+/// gave are returned as missing instead of refused, so the plan can be drawn with placeholders
+/// (the diagnostics are printed all the same). Any other problem with the params refuses.
+fn load_for_plan(
+    out: Output,
+    path: &Path,
+    args: &ParamArgs,
+) -> Result<(Compiled, ParamValues, Vec<String>), u8> {
+    let compiled = compile::compile_path(path).map_err(|(file, diags)| {
+        out.diagnostics(&file, &diags);
+        exit::INVALID
+    })?;
+    let file_values = match &args.params_file {
+        Some(p) => read_params_file(out, p)?,
+        None => BTreeMap::new(),
+    };
+    match compile::resolve_params(&compiled.runbook, &args.params, &file_values) {
+        Ok(values) => Ok((compiled, values, Vec::new())),
+        Err(diags) if diags.iter().all(|d| d.code == "missing-param") => {
+            out.diagnostics(&compiled.file, &diags);
+            let given = |name: &str| {
+                args.params.iter().any(|(k, _)| k == name) || file_values.contains_key(name)
+            };
+            let missing: Vec<String> = compiled
+                .runbook
+                .params
+                .iter()
+                .filter(|(name, p)| p.value.default.is_none() && !given(name))
+                .map(|(name, _)| name.clone())
+                .collect();
+            // Resolve the others as if the missing ones were not declared.
+            let mut known = compiled.runbook.clone();
+            known.params.retain(|name, _| !missing.contains(name));
+            let values =
+                compile::resolve_params(&known, &args.params, &file_values).map_err(|diags| {
+                    out.diagnostics(&compiled.file, &diags);
+                    exit::INVALID
+                })?;
+            Ok((compiled, values, missing))
+        }
+        Err(diags) => {
+            out.diagnostics(&compiled.file, &diags);
+            Err(exit::INVALID)
+        }
+    }
+}
+
 fn plan_cmd(
     out: Output,
     path: &Path,
@@ -590,11 +637,11 @@ fn plan_cmd(
     format: PlanFormat,
     plan_out: Option<&Path>,
 ) -> u8 {
-    let (compiled, values) = match load(out, path, args) {
+    let (compiled, values, missing) = match load_for_plan(out, path, args) {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let p = match plan::build(&compiled, &values) {
+    let p = match plan::build_incomplete(&compiled, &values, &missing) {
         Ok(p) => p,
         Err(diags) => {
             out.diagnostics(&compiled.file, &diags);
@@ -602,11 +649,29 @@ fn plan_cmd(
         }
     };
     let json = serde_json::to_string_pretty(&p).unwrap_or_default() + "\n";
-    if let Some(o) = plan_out
-        && let Err(e) = std::fs::write(o, &json)
-    {
-        eprintln!("error: failed to write the plan to {}: {e}", o.display());
-        return exit::INVALID;
+    if let Some(o) = plan_out {
+        if p.is_incomplete() {
+            // An executable plan binds every param: one with placeholders must never be run.
+            eprintln!(
+                "error: not writing {}: the plan is incomplete (missing params: {}), and `exec --plan` runs complete plans only\n  help: pass {} and plan again",
+                o.display(),
+                missing.join(", "),
+                missing
+                    .iter()
+                    .map(|m| format!("-p {m}=<value>"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        } else if let Err(e) = std::fs::write(o, &json) {
+            eprintln!("error: failed to write the plan to {}: {e}", o.display());
+            return exit::INVALID;
+        } else {
+            eprintln!(
+                "plan written to {} — execute exactly this plan with `runbook exec --plan {}`",
+                o.display(),
+                o.display()
+            );
+        }
     }
     let text = match format {
         PlanFormat::Text => plan::text(&p),
@@ -615,6 +680,13 @@ fn plan_cmd(
         PlanFormat::Dot => plan::dot(&p),
     };
     out!("{text}");
+    if p.is_incomplete() {
+        eprintln!(
+            "note: plan drawn with placeholders for the missing params ({}): incomplete, for review only",
+            missing.join(", ")
+        );
+        return exit::INVALID;
+    }
     exit::SUCCESS
 }
 

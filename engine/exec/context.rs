@@ -276,10 +276,17 @@ pub(super) async fn cancel_on_signals(shared: Arc<Shared>) {
         return;
     };
     loop {
-        tokio::select! {
-            _ = int.recv() => shared.cancel("interrupted (Ctrl-C)"),
-            _ = term.recv() => shared.cancel("terminated (SIGTERM)"),
+        let reason = tokio::select! {
+            _ = int.recv() => "interrupted (Ctrl-C)",
+            _ = term.recv() => "terminated (SIGTERM)",
+        };
+        // Said at once: killing running steps and running `finally` can take a while.
+        if !shared.is_cancelled() {
+            shared.reporter.suspend(&mut || {
+                eprintln!("cancelling… ({reason}): stopping running steps, then `finally`");
+            });
         }
+        shared.cancel(reason);
     }
 }
 

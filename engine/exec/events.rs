@@ -116,6 +116,10 @@ pub enum Event {
         attempts: u32,
         /// Why.
         error: String,
+        /// Stopped by the run's cancellation (Ctrl-C, SIGTERM, whole-run timeout) rather than
+        /// by a fault of its own: shown as `cancelled`, and `runbook resume` runs it again.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cancelled: bool,
     },
     /// A guard failed or an approval was denied: the step never ran, the run aborts.
     StepAborted {
@@ -343,11 +347,13 @@ impl Event {
                 duration_ms,
                 attempts,
                 error,
+                cancelled,
             } => Event::StepFailed {
                 step: s(step),
                 duration_ms: *duration_ms,
                 attempts: *attempts,
                 error: s(error),
+                cancelled: *cancelled,
             },
             Event::StepAborted { step, reason } => Event::StepAborted {
                 step: s(step),

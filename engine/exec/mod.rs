@@ -23,7 +23,7 @@ use crate::compile::{Compiled, ParamValues};
 pub use check::{Finding, check};
 pub use context::{ActionCtx, CancelWait, Shared};
 pub use events::{Event, Reporter, Stream};
-pub use report::{OutputMode, reporter_for};
+pub use report::{OutputMode, RunInfo, reporter_for};
 pub use resume::{Decision, ResumeFrom, RetryError, RetryPlan, retry_plan};
 pub use scheduler::call;
 
@@ -312,7 +312,20 @@ pub fn execute(launch: &Launch<'_>) -> Result<Outcome, ExecError> {
         .map_or_else(crate::state::new_run_id, |(r, _)| r.id.clone());
     let user = current_user();
     let host = current_host();
-    let display = reporter_for(launch.options.output);
+    let display = reporter_for(
+        launch.options.output,
+        RunInfo {
+            journaled: launch.store.is_some(),
+            mutating: c
+                .steps
+                .iter()
+                .filter(|s| s.mutates)
+                .map(|s| s.id.clone())
+                .collect(),
+            steps: c.steps.iter().map(|s| s.id.clone()).collect(),
+            rto: c.rto,
+        },
+    );
     let shown_params =
         serde_json::to_value(crate::plan::shown_params(c, launch.params)).unwrap_or_default();
 

@@ -24,11 +24,13 @@ pub enum OutputMode {
 }
 
 /// The reporter for a mode.
-pub fn reporter_for(mode: OutputMode) -> Box<dyn Reporter> {
+pub fn reporter_for(mode: OutputMode, info: RunInfo) -> Box<dyn Reporter> {
     match mode {
         OutputMode::Json => Box::new(JsonReporter),
-        OutputMode::Plain => Box::new(PlainReporter::default()),
-        OutputMode::Tty => Box::new(TtyReporter::new()),
+        OutputMode::Plain => Box::new(PlainReporter {
+            table: Summary::new(info),
+        }),
+        OutputMode::Tty => Box::new(TtyReporter::new(info)),
     }
 }
 
@@ -112,6 +114,15 @@ fn describe(event: &Event) -> Option<String> {
             "{step}: ✓ succeeded in {} ({summary})",
             crate::duration::format(Duration::from_millis(*duration_ms))
         ),
+        Event::StepFailed {
+            step,
+            error,
+            cancelled: true,
+            ..
+        } => format!(
+            "{step}: ⊘ cancelled — {}",
+            error.strip_prefix("cancelled: ").unwrap_or(error)
+        ),
         Event::StepFailed { step, error, .. } => format!("{step}: ✗ failed — {error}"),
         Event::StepAborted { step, reason } => format!("{step}: ✗ aborted — {reason}"),
         Event::Approval {
@@ -188,7 +199,6 @@ fn describe(event: &Event) -> Option<String> {
 }
 
 /// Timestamped lines on stdout, and the summary table at the end.
-#[derive(Default)]
 struct PlainReporter {
     table: Summary,
 }
@@ -200,8 +210,8 @@ impl Reporter for PlainReporter {
         if let Some(line) = describe(event) {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{} {line}", rfc3339(ts_ms));
-            if let Event::RunFinished { .. } = event {
-                let _ = write!(out, "{}", self.table.render());
+            if let Event::RunFinished { status, .. } = event {
+                let _ = write!(out, "{}", self.table.render(status));
             }
             let _ = out.flush();
         }
@@ -211,84 +221,201 @@ impl Reporter for PlainReporter {
 /// The summary status of a step whose compensation failed.
 const COMPENSATION_FAILED: &str = "↺ compensation failed";
 
-/// Per-step rows of the closing summary.
+/// What the closing summary knows of the run beyond its events.
+#[derive(Debug, Clone, Default)]
+pub struct RunInfo {
+    /// Whether the run is journaled (so `report`, `resume` and `retry` can find it).
+    pub journaled: bool,
+    /// Ids of the steps that change the world: those that completed and were not undone are
+    /// named at the end of a run that did not succeed.
+    pub mutating: Vec<String>,
+    /// Ids of every step of the runbook (main and `finally`): the terminal counts them done.
+    pub steps: Vec<String>,
+    /// The runbook's recovery time objective, shown against the elapsed time.
+    pub rto: Option<Duration>,
+}
+
+/// One row of the closing summary.
+struct Row {
+    step: String,
+    status: String,
+    duration: String,
+    /// Why it failed, was skipped or aborted; who approved it.
+    detail: String,
+}
+
+#[derive(Default)]
+struct Rows {
+    run_id: Option<String>,
+    list: Vec<Row>,
+    /// Approvals given so far, by step, until the step's row is written.
+    approvals: HashMap<String, Vec<String>>,
+}
+
+/// Per-step rows of the closing summary, and the commands that come next.
 #[derive(Default)]
 struct Summary {
-    rows: Mutex<Vec<(String, String, String)>>,
+    info: RunInfo,
+    rows: Mutex<Rows>,
+}
+
+/// The first line of a reason, for a table cell (the full text is in the journal and the log).
+fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or_default();
+    if s.lines().nth(1).is_some() {
+        format!("{line} …")
+    } else {
+        line.to_owned()
+    }
 }
 
 impl Summary {
+    fn new(info: RunInfo) -> Self {
+        Self {
+            info,
+            rows: Mutex::default(),
+        }
+    }
+
     fn record(&self, event: &Event) {
+        let Ok(mut st) = self.rows.lock() else {
+            return;
+        };
+        let ms = |d: &u64| crate::duration::format(Duration::from_millis(*d));
         let row = match event {
+            Event::RunStarted { run_id, .. } => {
+                st.run_id = Some(run_id.clone());
+                None
+            }
+            Event::Approval {
+                step,
+                approver,
+                decision,
+                via,
+            } if decision == "approved" => {
+                st.approvals
+                    .entry(step.clone())
+                    .or_default()
+                    .push(format!("{approver} ({via})"));
+                None
+            }
             Event::StepSucceeded {
                 step,
                 duration_ms,
                 attempts,
                 ..
-            } => Some((
-                step.clone(),
-                "✓ succeeded".to_owned(),
-                match attempts {
+            } => Some(Row {
+                step: step.clone(),
+                status: "✓ succeeded".to_owned(),
+                duration: match attempts {
                     // A step without an action (gates only) has no attempts to count.
-                    0 => crate::duration::format(Duration::from_millis(*duration_ms)),
+                    0 => ms(duration_ms),
                     n => format!(
                         "{} ({n} attempt{})",
-                        crate::duration::format(Duration::from_millis(*duration_ms)),
+                        ms(duration_ms),
                         if *n == 1 { "" } else { "s" }
                     ),
                 },
-            )),
+                detail: st
+                    .approvals
+                    .remove(step)
+                    .map(|a| format!("approved by {}", a.join(", ")))
+                    .unwrap_or_default(),
+            }),
             Event::StepFailed {
-                step, duration_ms, ..
-            } => Some((
-                step.clone(),
-                "✗ failed".to_owned(),
-                crate::duration::format(Duration::from_millis(*duration_ms)),
-            )),
-            Event::StepAborted { step, .. } => {
-                Some((step.clone(), "✗ aborted".to_owned(), String::new()))
-            }
-            Event::StepSkipped { step, .. } => {
-                Some((step.clone(), "- skipped".to_owned(), String::new()))
-            }
-            Event::Compensated { step, ok, .. } => Some((
-                step.clone(),
-                if *ok {
+                step,
+                duration_ms,
+                attempts,
+                error,
+                cancelled,
+            } => Some(Row {
+                step: step.clone(),
+                status: if *cancelled {
+                    "⊘ cancelled".to_owned()
+                } else {
+                    "✗ failed".to_owned()
+                },
+                duration: if *attempts > 1 {
+                    format!("{} ({attempts} attempts)", ms(duration_ms))
+                } else {
+                    ms(duration_ms)
+                },
+                detail: first_line(if *cancelled {
+                    error.strip_prefix("cancelled: ").unwrap_or(error)
+                } else {
+                    error
+                }),
+            }),
+            Event::StepAborted { step, reason } => Some(Row {
+                step: step.clone(),
+                status: "✗ aborted".to_owned(),
+                duration: String::new(),
+                detail: first_line(reason),
+            }),
+            Event::StepSkipped { step, reason, .. } => Some(Row {
+                step: step.clone(),
+                status: "- skipped".to_owned(),
+                duration: String::new(),
+                detail: first_line(reason),
+            }),
+            Event::Compensated { step, ok, detail } => Some(Row {
+                step: step.clone(),
+                status: if *ok {
                     "↺ compensated".to_owned()
                 } else {
                     COMPENSATION_FAILED.to_owned()
                 },
-                String::new(),
-            )),
+                duration: String::new(),
+                detail: if *ok {
+                    String::new()
+                } else {
+                    first_line(detail)
+                },
+            }),
             _ => None,
         };
-        if let (Some(r), Ok(mut rows)) = (row, self.rows.lock()) {
-            rows.push(r);
+        if let Some(r) = row {
+            st.list.push(r);
         }
     }
 
-    fn render(&self) -> String {
-        let Ok(rows) = self.rows.lock() else {
+    fn render(&self, status: &str) -> String {
+        let Ok(st) = self.rows.lock() else {
             return String::new();
         };
-        if rows.is_empty() {
-            return String::new();
-        }
-        let w = rows
-            .iter()
-            .map(|r| r.0.chars().count())
-            .max()
-            .unwrap_or(4)
-            .max(4);
-        let mut s = format!("\n  {:<w$}  {:<22}  duration\n", "step", "status");
-        for (step, status, d) in rows.iter() {
-            let _ = writeln!(s, "  {step:<w$}  {status:<22}  {d}");
+        let rows = &st.list;
+        let mut s = String::new();
+        if !rows.is_empty() {
+            let w = rows
+                .iter()
+                .map(|r| r.step.chars().count())
+                .max()
+                .unwrap_or(4)
+                .max(4);
+            let dw = rows
+                .iter()
+                .map(|r| r.duration.chars().count())
+                .max()
+                .unwrap_or(8)
+                .max(8);
+            let _ = writeln!(
+                s,
+                "\n  {:<w$}  {:<22}  {:<dw$}  detail",
+                "step", "status", "duration"
+            );
+            for r in rows {
+                let line = format!(
+                    "  {:<w$}  {:<22}  {:<dw$}  {}",
+                    r.step, r.status, r.duration, r.detail
+                );
+                let _ = writeln!(s, "{}", line.trim_end());
+            }
         }
         // The operator must know what is still in effect: a failed compensation is not an undo.
         let undone: Vec<&str> = rows
             .iter()
-            .filter(|r| r.1 == COMPENSATION_FAILED)
-            .map(|r| r.0.as_str())
+            .filter(|r| r.status == COMPENSATION_FAILED)
+            .map(|r| r.step.as_str())
             .collect();
         if !undone.is_empty() {
             let _ = writeln!(
@@ -297,23 +424,139 @@ impl Summary {
                 undone.join(", ")
             );
         }
+        // A run that stopped half-way leaves its completed mutations in place: name them.
+        if matches!(status, "failed" | "cancelled" | "aborted") {
+            let in_place: Vec<&str> = rows
+                .iter()
+                .filter(|r| r.status == "✓ succeeded" && self.info.mutating.contains(&r.step))
+                .filter(|r| {
+                    !rows
+                        .iter()
+                        .any(|c| c.step == r.step && c.status == "↺ compensated")
+                })
+                .map(|r| r.step.as_str())
+                .collect();
+            if !in_place.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "\n  left in place (mutating steps that completed): {}",
+                    in_place.join(", ")
+                );
+            }
+        }
+        if let (true, Some(run)) = (self.info.journaled, &st.run_id) {
+            let mut next: Vec<(String, String)> = vec![(
+                format!("runbook report {run}"),
+                "the post-incident report".to_owned(),
+            )];
+            if matches!(status, "failed" | "cancelled" | "aborted") {
+                next.push((
+                    format!("runbook resume {run}"),
+                    "continue where the run stopped".to_owned(),
+                ));
+            }
+            if let Some(failed) = rows.iter().find(|r| r.status == "✗ failed")
+                && matches!(status, "failed" | "rolled_back" | "rollback_incomplete")
+            {
+                next.push((
+                    format!("runbook retry {run} --from {}", failed.step),
+                    format!("run `{}` and what depends on it again", failed.step),
+                ));
+            }
+            let w = next.iter().map(|n| n.0.chars().count()).max().unwrap_or(0);
+            let _ = writeln!(s, "\n  next:");
+            for (cmd, what) in next {
+                let _ = writeln!(s, "    {cmd:<w$}  {what}");
+            }
+        }
         s
     }
 }
 
-/// indicatif progress: a spinner line per running step; finished steps collapse to one line.
+/// The first line of a command, and how many lines it hides (a terminal shows one line per
+/// command; the journal, `runbook logs` and `--output plain` keep every line).
+fn command_head(command: &str) -> String {
+    let mut lines = command.lines();
+    let first = lines.next().unwrap_or_default();
+    match lines.count() {
+        0 => first.to_owned(),
+        n => format!(
+            "{first} … (+{n} line{}; `--output plain` shows all)",
+            if n == 1 { "" } else { "s" }
+        ),
+    }
+}
+
+/// indicatif progress: an overall line (steps done of all, elapsed against the RTO) over one
+/// aligned line per running step; finished steps collapse to one line above.
 struct TtyReporter {
     multi: MultiProgress,
+    overall: ProgressBar,
     bars: Mutex<HashMap<String, ProgressBar>>,
+    /// The last command echoed per step: a gate polled every few seconds runs the same command
+    /// each time, and echoing it again would bury everything else.
+    echoed: Mutex<HashMap<String, String>>,
+    done: Mutex<std::collections::HashSet<String>>,
+    /// Events that came while a prompt held the terminal (`Some` while it does).
+    held: Mutex<Option<Vec<Event>>>,
     table: Summary,
+    width: usize,
 }
 
 impl TtyReporter {
-    fn new() -> Self {
+    fn new(info: RunInfo) -> Self {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let total = u64::try_from(info.steps.len()).unwrap_or(u64::MAX);
+        let overall = multi.add(ProgressBar::new(total));
+        let rto = info.rto;
+        let style = ProgressStyle::with_template("{prefix:.bold} {pos}/{len} steps · {rto}")
+            .map_or_else(
+                |_| ProgressStyle::default_bar(),
+                |s| {
+                    s.with_key(
+                        "rto",
+                        move |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                            let elapsed = st.elapsed();
+                            let shown =
+                                crate::duration::format(Duration::from_secs(elapsed.as_secs()));
+                            let _ = match rto {
+                                Some(r) if elapsed > r => write!(
+                                    w,
+                                    "{shown} elapsed — OVER the RTO of {}",
+                                    crate::duration::format(r)
+                                ),
+                                Some(r) => {
+                                    write!(
+                                        w,
+                                        "{shown} elapsed of RTO {}",
+                                        crate::duration::format(r)
+                                    )
+                                }
+                                None => write!(w, "{shown} elapsed"),
+                            };
+                        },
+                    )
+                },
+            );
+        overall.set_style(style);
+        overall.set_prefix("run");
+        overall.enable_steady_tick(Duration::from_millis(500));
+        let width = info
+            .steps
+            .iter()
+            .map(|s| s.chars().count())
+            .max()
+            .unwrap_or(4)
+            .clamp(4, 40);
         Self {
-            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            multi,
+            overall,
             bars: Mutex::new(HashMap::new()),
-            table: Summary::default(),
+            echoed: Mutex::new(HashMap::new()),
+            done: Mutex::default(),
+            held: Mutex::new(None),
+            table: Summary::new(info),
+            width,
         }
     }
 
@@ -325,11 +568,14 @@ impl TtyReporter {
         bars.entry(step.to_owned())
             .or_insert_with(|| {
                 let b = self.multi.add(ProgressBar::new_spinner());
+                // Columns line up: step ids padded to the longest one of the runbook.
+                let template = format!(
+                    "{{spinner:.cyan}} {{prefix:<{}.bold}} {{elapsed:>4}}  {{wide_msg}}",
+                    self.width
+                );
                 b.set_style(
-                    ProgressStyle::with_template(
-                        "{spinner:.cyan} {prefix:.bold} {elapsed:>4} {wide_msg}",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    ProgressStyle::with_template(&template)
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
                 b.set_prefix(step.to_owned());
                 b.enable_steady_tick(Duration::from_millis(120));
@@ -343,14 +589,50 @@ impl TtyReporter {
         if let Some(b) = bar {
             b.finish_and_clear();
         }
+        if let Ok(mut e) = self.echoed.lock() {
+            e.remove(step);
+        }
+        let counted = self.table.info.steps.iter().any(|s| s == step)
+            && self
+                .done
+                .lock()
+                .is_ok_and(|mut d| d.insert(step.to_owned()));
+        if counted {
+            self.overall.inc(1);
+        }
         let _ = self.multi.println(line);
     }
 }
 
 impl Reporter for TtyReporter {
     fn emit(&self, _ts_ms: i64, event: &Event) {
-        let event = &event.for_terminal();
-        self.table.record(event);
+        let event = event.for_terminal();
+        self.table.record(&event);
+        // A prompt holds the terminal: keep the event for after it rather than block the
+        // task that emits it (a parallel step, a journal write) until someone answers.
+        if let Ok(mut held) = self.held.lock()
+            && let Some(events) = held.as_mut()
+        {
+            events.push(event);
+            return;
+        }
+        self.draw(&event);
+    }
+
+    fn suspend(&self, f: &mut dyn FnMut()) {
+        if let Ok(mut held) = self.held.lock() {
+            held.get_or_insert_with(Vec::new);
+        }
+        self.multi.suspend(f);
+        let events = self.held.lock().ok().and_then(|mut h| h.take());
+        for e in events.unwrap_or_default() {
+            self.draw(&e);
+        }
+    }
+}
+
+impl TtyReporter {
+    fn draw(&self, event: &Event) {
         match event {
             Event::StepStarted {
                 step,
@@ -375,9 +657,16 @@ impl Reporter for TtyReporter {
                 self.bar(step)
                     .set_message(format!("{phase} #{} (poll {poll}): {detail}", index + 1));
             }
-            Event::Retry { step, .. }
-            | Event::Output { step, .. }
-            | Event::Command { step, .. } => {
+            Event::Command { step, command, .. } => {
+                let head = command_head(command);
+                let fresh = self.echoed.lock().map_or(true, |mut e| {
+                    e.insert(step.clone(), head.clone()).as_ref() != Some(&head)
+                });
+                if fresh {
+                    let _ = self.multi.println(format!("  {step}: $ {head}"));
+                }
+            }
+            Event::Retry { step, .. } | Event::Output { step, .. } => {
                 if let Some(line) = describe(event) {
                     let _ = self.multi.println(format!("  {line}"));
                 }
@@ -385,6 +674,10 @@ impl Reporter for TtyReporter {
                     attempt, delay_ms, ..
                 } = event
                 {
+                    // The next attempt's command is worth echoing again.
+                    if let Ok(mut e) = self.echoed.lock() {
+                        e.remove(step);
+                    }
                     self.bar(step).set_message(format!(
                         "attempt {attempt} failed, retrying in {}",
                         crate::duration::format(Duration::from_millis(*delay_ms))
@@ -397,10 +690,11 @@ impl Reporter for TtyReporter {
             | Event::StepSkipped { step, .. } => {
                 self.finish(step, &describe(event).unwrap_or_default());
             }
-            Event::RunFinished { .. } => {
+            Event::RunFinished { status, .. } => {
+                self.overall.finish_and_clear();
                 let _ = self.multi.clear();
                 eprintln!("{}", describe(event).unwrap_or_default());
-                eprint!("{}", self.table.render());
+                eprint!("{}", self.table.render(status));
             }
             other => {
                 if let Some(line) = describe(other) {
@@ -408,9 +702,5 @@ impl Reporter for TtyReporter {
                 }
             }
         }
-    }
-
-    fn suspend(&self, f: &mut dyn FnMut()) {
-        self.multi.suspend(f);
     }
 }

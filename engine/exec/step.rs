@@ -133,6 +133,7 @@ pub(super) async fn run_step(
                     duration_ms: 0,
                     attempts: 0,
                     error: error.clone(),
+                    cancelled: false,
                 });
                 return end(
                     StepStatus::Failed(error),
@@ -217,12 +218,14 @@ pub(super) async fn run_step(
                         duration_ms,
                         attempts: n,
                         error: error.clone(),
+                        cancelled: false,
                     }),
                     StepStatus::Cancelled => shared.emit(&Event::StepFailed {
                         step: id.clone(),
                         duration_ms,
                         attempts: n,
                         error: shared.cancelled_error(),
+                        cancelled: true,
                     }),
                     _ => {}
                 }
@@ -265,6 +268,7 @@ pub(super) async fn run_step(
                 step: id.clone(),
                 duration_ms: ms(started.elapsed()),
                 attempts,
+                cancelled: matches!(status, StepStatus::Cancelled),
                 error,
             });
             return end(status, result, serde_json::Map::new(), attempts);
@@ -290,6 +294,7 @@ pub(super) async fn run_step(
                     duration_ms: ms(started.elapsed()),
                     attempts,
                     error: error.clone(),
+                    cancelled: false,
                 });
                 return end(StepStatus::Failed(error), result, outputs, attempts);
             }

@@ -93,6 +93,8 @@ pub enum Decision {
     Skipped,
     /// The guard reads run-time values.
     AtRunTime,
+    /// The guard reads a param that was not given (an incomplete plan).
+    Undecided,
 }
 
 /// A `when` guard and what the plan can say about it.
@@ -188,6 +190,16 @@ pub struct PlannedStep {
     pub worst_case_ms: u64,
 }
 
+impl PlannedStep {
+    /// Whether the params already decide that the step's guard is false: it will not run, so
+    /// it takes no time and is off the critical path.
+    pub fn skipped_by_params(&self) -> bool {
+        self.guard
+            .as_ref()
+            .is_some_and(|g| g.decision == Decision::Skipped)
+    }
+}
+
 /// Totals and warnings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
@@ -253,6 +265,17 @@ pub struct Plan {
     pub finally: Vec<PlannedStep>,
     /// Totals.
     pub summary: Summary,
+    /// Required params that were not given: the plan shows `⟨params.name⟩` in their place, so a
+    /// reviewer can read it early, but it cannot be executed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_params: Vec<String>,
+}
+
+impl Plan {
+    /// Whether params are missing (the plan is for reading only).
+    pub fn is_incomplete(&self) -> bool {
+        !self.missing_params.is_empty()
+    }
 }
 
 /// Params as they may be shown and stored: values of `secret: true` params replaced by `***`.
@@ -289,10 +312,11 @@ fn secret_params(c: &Compiled) -> Vec<&str> {
         .collect()
 }
 
-/// The template context of a plan: params known, everything else a placeholder.
-fn plan_context(c: &Compiled, params: &ParamValues) -> Value {
+/// The template context of a plan: params known, everything else a placeholder (a missing
+/// param too, shown as `⟨params.name⟩`).
+fn plan_context(c: &Compiled, params: &ParamValues, missing: &[String]) -> Value {
     let secret = secret_params(c);
-    let params: BTreeMap<&str, Value> = params
+    let mut params: BTreeMap<&str, Value> = params
         .iter()
         .map(|(k, v)| {
             let v = if secret.contains(&k.as_str()) {
@@ -303,6 +327,12 @@ fn plan_context(c: &Compiled, params: &ParamValues) -> Value {
             (k.as_str(), v)
         })
         .collect();
+    for m in missing {
+        params.insert(
+            m.as_str(),
+            Placeholder::value(format!("params.{m}"), secret.contains(&m.as_str())),
+        );
+    }
     minijinja::context! {
         params => params,
         secrets => Placeholder::value("secrets", true),
@@ -317,12 +347,26 @@ fn plan_context(c: &Compiled, params: &ParamValues) -> Value {
 /// # Errors
 /// Templates that fail to render with these params (e.g. a filter applied to a wrong type).
 pub fn build(c: &Compiled, params: &ParamValues) -> Result<Plan, Vec<Diagnostic>> {
-    let renderer = Renderer::new(plan_context(c, params));
+    build_incomplete(c, params, &[])
+}
+
+/// Build the plan of a runbook some of whose required params are not known yet: each `missing`
+/// param renders as the placeholder `⟨params.name⟩`, guards that read one stay undecided, and
+/// the plan is marked incomplete (for review only: `exec --plan` never gets one).
+///
+/// # Errors
+/// Templates that fail to render with these params.
+pub fn build_incomplete(
+    c: &Compiled,
+    params: &ParamValues,
+    missing: &[String],
+) -> Result<Plan, Vec<Diagnostic>> {
+    let renderer = Renderer::new(plan_context(c, params, missing));
     let mut diags = Vec::new();
     let mut steps = Vec::new();
     for (d, level) in c.levels.iter().enumerate() {
         for &i in level {
-            if let Some(s) = plan_step(c, i, d + 1, &renderer, &mut diags) {
+            if let Some(s) = plan_step(c, i, d + 1, &renderer, missing, &mut diags) {
                 steps.push(s);
             }
         }
@@ -330,7 +374,7 @@ pub fn build(c: &Compiled, params: &ParamValues) -> Result<Plan, Vec<Diagnostic>
     let mut finally = Vec::new();
     for (d, level) in c.finally_levels.iter().enumerate() {
         for &i in level {
-            if let Some(s) = plan_step(c, i, d + 1, &renderer, &mut diags) {
+            if let Some(s) = plan_step(c, i, d + 1, &renderer, missing, &mut diags) {
                 finally.push(s);
             }
         }
@@ -379,6 +423,7 @@ pub fn build(c: &Compiled, params: &ParamValues) -> Result<Plan, Vec<Diagnostic>
         steps,
         finally,
         summary,
+        missing_params: missing.to_vec(),
     })
 }
 
@@ -450,12 +495,22 @@ fn plan_retry(r: &RetryPolicy) -> PlannedRetry {
     }
 }
 
-fn decide(when: &str, r: &Renderer<'_>) -> Decision {
+fn decide(when: &str, r: &Renderer<'_>, missing: &[String]) -> Decision {
     let Ok(refs) = expression_references(when) else {
         return Decision::AtRunTime;
     };
     if !refs.paths.iter().all(|p| p.starts_with("params")) {
         return Decision::AtRunTime;
+    }
+    // A placeholder is truthy: evaluating the guard would decide on a value nobody gave.
+    if refs.paths.iter().any(|p| {
+        (p == "params" && !missing.is_empty())
+            || missing.iter().any(|m| {
+                p.strip_prefix("params.")
+                    .is_some_and(|rest| rest == m || rest.starts_with(&format!("{m}.")))
+            })
+    }) {
+        return Decision::Undecided;
     }
     match r.eval(when) {
         Ok(v) if v.is_true() => Decision::Runs,
@@ -473,6 +528,7 @@ fn plan_step(
     i: usize,
     level: usize,
     r: &Renderer<'_>,
+    missing: &[String],
     diags: &mut Vec<Diagnostic>,
 ) -> Option<PlannedStep> {
     let step = c.step(i);
@@ -541,7 +597,7 @@ fn plan_step(
         action: rendered,
         guard: step.when.as_ref().map(|w| Guard {
             when: w.value.clone(),
-            decision: decide(&w.value, r),
+            decision: decide(&w.value, r, missing),
         }),
         require,
         assert: step.assert.as_ref().map(|a| a.value.clone()),
@@ -559,13 +615,69 @@ fn plan_step(
     })
 }
 
+/// The chain of steps with the longest worst case, and that worst case, counting a step the
+/// params skip as taking no time and leaving it out of the chain: it will not run.
+fn critical_path(c: &Compiled, steps: &[PlannedStep]) -> (Vec<String>, Duration) {
+    let index: BTreeMap<&str, usize> = steps
+        .iter()
+        .enumerate()
+        .map(|(n, s)| (s.id.as_str(), n))
+        .collect();
+    let weight = |s: &PlannedStep| {
+        if s.skipped_by_params() {
+            Duration::ZERO
+        } else {
+            c.index_by_id
+                .get(&s.id)
+                .map_or(Duration::ZERO, |&i| c.steps[i].worst_case())
+        }
+    };
+    // Steps come level by level: every need is before its dependant.
+    let mut finish = vec![Duration::ZERO; steps.len()];
+    let mut prev: Vec<Option<usize>> = vec![None; steps.len()];
+    for (n, s) in steps.iter().enumerate() {
+        let (best, from) = s
+            .needs
+            .iter()
+            // Of equally long chains, the first need declared (as the compiler's order did).
+            .rev()
+            .filter_map(|d| index.get(d.as_str()))
+            .map(|&p| (finish[p], Some(p)))
+            .max_by_key(|(d, _)| *d)
+            .unwrap_or((Duration::ZERO, None));
+        finish[n] = best.saturating_add(weight(s));
+        prev[n] = from;
+    }
+    let Some(end) = (0..steps.len()).max_by_key(|&n| (finish[n], std::cmp::Reverse(n))) else {
+        return (Vec::new(), Duration::ZERO);
+    };
+    let mut path = vec![end];
+    let mut at = end;
+    while let Some(p) = prev[at] {
+        path.push(p);
+        at = p;
+    }
+    path.reverse();
+    let ids = path
+        .into_iter()
+        .filter(|&n| !steps[n].skipped_by_params())
+        .map(|n| steps[n].id.clone())
+        .collect();
+    (ids, finish[end])
+}
+
 fn summarize(c: &Compiled, steps: &[PlannedStep], finally: &[PlannedStep]) -> Summary {
-    let (path, main_worst) = c.critical_path();
+    let (path, main_worst) = critical_path(c, steps);
     let finally_worst: Duration = c
         .finally_levels
         .iter()
         .map(|l| {
             l.iter()
+                .filter(|&&i| {
+                    !finally
+                        .iter()
+                        .any(|f| f.id == c.steps[i].id && f.skipped_by_params())
+                })
                 .map(|&i| c.steps[i].worst_case())
                 .max()
                 .unwrap_or_default()
@@ -626,16 +738,12 @@ fn summarize(c: &Compiled, steps: &[PlannedStep], finally: &[PlannedStep]) -> Su
             .count(),
         skipped_by_params: steps
             .iter()
-            .filter(|s| {
-                s.guard
-                    .as_ref()
-                    .is_some_and(|g| g.decision == Decision::Skipped)
-            })
+            .filter(|s| s.skipped_by_params())
             .map(|s| s.id.clone())
             .collect(),
         max_parallel_level: c.levels.iter().map(Vec::len).max().unwrap_or(0),
         max_parallel: c.max_parallel,
-        critical_path: path.iter().map(|&i| c.steps[i].id.clone()).collect(),
+        critical_path: path,
         worst_case: duration::format(worst),
         worst_case_ms: u64::try_from(worst.as_millis()).unwrap_or(u64::MAX),
         warnings,

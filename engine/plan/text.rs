@@ -8,6 +8,13 @@ use super::{Decision, Line, Plan, PlannedCheck, PlannedStep};
 pub fn text(p: &Plan) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "PLAN {}", p.runbook);
+    if p.is_incomplete() {
+        let _ = writeln!(
+            o,
+            "INCOMPLETE — missing params: {} (shown as ⟨params.…⟩; for review only, not executable)",
+            p.missing_params.join(", ")
+        );
+    }
     if let Some(d) = &p.description {
         let _ = writeln!(o, "  {}", d.trim());
     }
@@ -160,6 +167,7 @@ fn step(o: &mut String, s: &PlannedStep) {
             Decision::Runs => "runs (decided by params)",
             Decision::Skipped => "SKIPPED (decided by params)",
             Decision::AtRunTime => "decided at run time",
+            Decision::Undecided => "undecided (reads a missing param)",
         };
         let _ = writeln!(o, "      when:     {} → {d}", g.when);
     }
