@@ -426,6 +426,7 @@ scenarios:
       stop_writers_command: {stop}
       app_rollback_command: {rollback}
       start_writers_command: {start}
+      writer_deployment: ""
       health_url: {health}
     secrets:
       pg_dsn: {{env: PG_DSN}}
@@ -475,6 +476,7 @@ scenarios:
         .env("PGPASSWORD", &password)
         .env("PG_MAINTENANCE_DSN", &dsn("postgres"))
         .env("PG_DSN", &dsn(&database))
+        .env("NOTIFY_WEBHOOK_URL", &health.url)
         .env("PATH", &cluster.path_env())
         .run();
     let elapsed = started.elapsed();

@@ -27,6 +27,14 @@ const MIGRATION_PARAMS: &[&str] = &[
     "expected_schema_version=41",
     "min_row_counts=devices=1000,virtual_networks=10",
 ];
+const FAILBACK: &str = "runbooks/dr-failback.yaml";
+const FAILBACK_PARAMS: &[&str] = &[
+    "zone_id=zone-123",
+    "record_id=rec-456",
+    "primary_ip=192.0.2.10",
+    "dr_cluster_ip=203.0.113.10",
+    "primary_health_url=https://primary.example.com/healthz",
+];
 const DR_PARAMS: &[&str] = &[
     "zone_id=zone-123",
     "record_id=rec-456",
@@ -79,4 +87,9 @@ fn plans_never_contain_secret_values() {
             "{file}: the plan shows no masked secret"
         );
     }
+}
+
+#[test]
+fn dr_failback_plan() {
+    insta::assert_snapshot!("dr_failback_text", plan(FAILBACK, FAILBACK_PARAMS, "text"));
 }

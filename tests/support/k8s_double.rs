@@ -222,6 +222,8 @@ const RESOURCES: &[Res] = &[
         &["bsl"],
         &[],
     ),
+    // seed-b: core v1 Secret (dr-failover checks the non-Helm Secrets of the DR cluster).
+    res("v1", "secrets", "secret", "Secret", true, &[], &[]),
 ];
 
 impl Res {
