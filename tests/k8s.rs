@@ -1,6 +1,6 @@
 //! The `k8s` kind against the Kubernetes API server double (`tests/support/k8s_double.rs`): each
 //! operation, its failures, the double cross-checked with the real `kubectl`, and the project's
-//! runbooks end to end (`app-rollback` with strategy=rollout, `dr-failover` against two clusters).
+//! runbooks end to end (`dr-failover` against two clusters; `app-rollback` is in tests/app_rollback.rs).
 
 mod support;
 
@@ -625,12 +625,8 @@ fn failures_are_clear_and_never_leak_the_token() {
 // ---------------------------------------------------------------------------------------------
 // The project's runbooks end to end
 
-/// What the runbooks talk to besides Kubernetes: the health endpoint, the chat webhook, the
-/// Prometheus HTTP API, the Cloudflare DNS API and DNS-over-HTTPS — one axum server.
-///
-/// The Prometheus part answers `GET /api/v1/query_range` in the API's real `matrix` shape with a
-/// healthy series; the `prometheus` kind itself is tested against a real Prometheus in
-/// `tests/prometheus.rs` and `tests/serve.rs`. Here only the runbook's wiring is under test.
+/// What dr-failover talks to besides Kubernetes: the health endpoint, the chat webhook, the
+/// Cloudflare DNS API and DNS-over-HTTPS — one axum server.
 struct Services {
     url: String,
     state: Arc<Mutex<Web>>,
@@ -642,7 +638,6 @@ struct Web {
     record_ip: String,
     notifications: Vec<Value>,
     dns_puts: Vec<Value>,
-    queries: Vec<String>,
 }
 
 const CF_TOKEN: &str = "cf-token-4d2b";
@@ -650,10 +645,9 @@ const CF_TOKEN: &str = "cf-token-4d2b";
 impl Services {
     fn start(record_ip: &str) -> Self {
         use axum::Json;
-        use axum::extract::{Query, State};
+        use axum::extract::State;
         use axum::http::{HeaderMap, StatusCode};
         use axum::routing::{get, post};
-        use std::collections::HashMap;
 
         type St = State<Arc<Mutex<Web>>>;
         let state = Arc::new(Mutex::new(Web {
@@ -675,25 +669,6 @@ impl Services {
                 post(|State(s): St, Json(body): Json<Value>| async move {
                     s.lock().expect("lock").notifications.push(body);
                     "ok"
-                }),
-            )
-            .route(
-                "/prometheus/api/v1/query_range",
-                get(|State(s): St, Query(q): Query<HashMap<String, String>>| async move {
-                    let query = q.get("query").cloned().unwrap_or_default();
-                    let value = if query.contains("histogram_quantile") { "0.12" } else { "0.002" };
-                    let start: f64 = q.get("start").and_then(|v| v.parse().ok()).unwrap_or(0.0);
-                    let end: f64 = q.get("end").and_then(|v| v.parse().ok()).unwrap_or(0.0);
-                    s.lock().expect("lock").queries.push(format!(
-                        "{query} window={}s step={}",
-                        (end - start).round(),
-                        q.get("step").cloned().unwrap_or_default()
-                    ));
-                    let values: Vec<Value> = (0..10)
-                        .map(|i| json!([start + (end - start) * f64::from(i) / 9.0, value]))
-                        .collect();
-                    Json(json!({"status": "success", "data": {"resultType": "matrix",
-                        "result": [{"metric": {}, "values": values}]}}))
                 }),
             )
             .route(
@@ -751,91 +726,6 @@ impl Services {
     fn web(&self) -> std::sync::MutexGuard<'_, Web> {
         self.state.lock().expect("lock")
     }
-}
-
-#[test]
-fn app_rollback_with_strategy_rollout_rolls_back_and_passes_its_gates() {
-    let d = seeded(PRIMARY_TOKEN);
-    // The rollback converges a little later: the rollout gate (polled every 10 s) sees it in
-    // progress, then complete.
-    d.set_rollout_delay(Duration::from_secs(3));
-    let web = Services::start("198.51.100.7");
-    let tmp = TempDir::new("k8s-app-rollback");
-    let kubeconfig = write_kubeconfig(tmp.path(), &[("primary", &d)], "primary");
-    let started = Instant::now();
-    let out = exec(&runbook_file("app-rollback.yaml"), &kubeconfig)
-        .param("strategy", "rollout")
-        // Skip the 5xx confirmation (it would need a real incident in the metrics).
-        .param("force", "true")
-        .param("namespace", "prod")
-        .param("deployment", "web")
-        .param("pod_selector", "app=web")
-        .param("health_url", &format!("{}/health", web.url))
-        .param("prometheus_url", &format!("{}/prometheus", web.url))
-        .param("prom_selector", "namespace=\"prod\"")
-        .env("NOTIFY_WEBHOOK_URL", &format!("{}/notify", web.url))
-        .run();
-    eprintln!(
-        "app-rollback (strategy=rollout) against the double took {:?}",
-        started.elapsed()
-    );
-    out.assert_code(0);
-    let undo = &succeeded(&out, "rollout-undo")["result"];
-    assert_eq!(undo["from_revision"], 3, "{undo}");
-    assert_eq!(undo["to_revision"], 2, "{undo}");
-    assert_eq!(undo["images_after"]["app"], IMAGES[1], "{undo}");
-    let dep = deployment(&d);
-    assert_eq!(image_of(&dep), IMAGES[1]);
-    assert_eq!(
-        dep["metadata"]["annotations"][support::k8s_double::REVISION],
-        "4"
-    );
-    // The rollout gate saw the rollout in progress, then complete.
-    let polls: Vec<bool> = out
-        .of_step("check", "verify-rollout")
-        .iter()
-        .map(|c| c["passed"] == true)
-        .collect();
-    assert_eq!(polls.first(), Some(&false), "{}", out.dump());
-    assert_eq!(polls.last(), Some(&true), "{}", out.dump());
-    for gate in [
-        "verify-pods",
-        "verify-health",
-        "verify-error-rate",
-        "verify-latency",
-    ] {
-        succeeded(&out, gate);
-    }
-    for skipped in [
-        "confirm-incident",
-        "helm-rollback",
-        "rollout-undo-to-revision",
-        "set-image",
-        "canary-weight-zero",
-        "blue-green-switch",
-        "db-rollback",
-    ] {
-        assert!(
-            out.of_step("step_succeeded", skipped).is_empty(),
-            "{skipped} ran"
-        );
-    }
-    let w = web.web();
-    assert_eq!(w.queries.len(), 2, "{:?}", w.queries);
-    assert!(
-        w.queries
-            .iter()
-            .all(|q| q.contains("window=300s") && q.contains("namespace=\"prod\"")),
-        "{:?}",
-        w.queries
-    );
-    let texts: Vec<&str> = w
-        .notifications
-        .iter()
-        .filter_map(|n| n["text"].as_str())
-        .collect();
-    assert_eq!(texts.len(), 2, "{texts:?}");
-    assert!(texts[1].contains("succeeded"), "{texts:?}");
 }
 
 #[test]
