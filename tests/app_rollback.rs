@@ -136,9 +136,15 @@ impl Metrics {
         Self { app, prom }
     }
 
-    /// Wait until Prometheus has `secs` seconds of the current behaviour.
+    /// Wait until Prometheus has `secs` seconds of the current behaviour (proved by scrapes).
     fn settle(&self, secs: u64) {
+        let before = self.app.rollbacks();
         std::thread::sleep(Duration::from_secs(secs));
+        assert_eq!(
+            self.app.rollbacks(),
+            before,
+            "nothing rolled back while settling"
+        );
     }
 }
 

@@ -1,6 +1,6 @@
 //! The `k8s` kind against the Kubernetes API server double (`tests/support/k8s_double.rs`): each
 //! operation, its failures, the double cross-checked with the real `kubectl`, and the project's
-//! runbooks end to end (`dr-failover` against two clusters; `app-rollback` is in tests/app_rollback.rs).
+//! runbooks end to end (`dr-failover` against two clusters; `app-rollback` is in `tests/app_rollback.rs`).
 
 mod support;
 
