@@ -913,9 +913,8 @@ fn hostile_promql_label_values_cannot_change_the_query() {
     ] {
         let out = prom_exec(&file, &prom.url, v);
         out.assert_code(1);
-        assert_eq!(
-            gate_detail(&out),
-            "query returned no data (on_empty: fail)",
+        assert!(
+            gate_detail(&out).starts_with("query returned no data (on_empty: fail): `"),
             "value {v:?}\n{}",
             out.dump()
         );
@@ -929,7 +928,7 @@ fn hostile_promql_label_values_cannot_change_the_query() {
     prom_exec(&single, &prom.url, "app").assert_code(0);
     let out = prom_exec(&single, &prom.url, "app'} or vector(1) #");
     out.assert_code(1);
-    assert_eq!(gate_detail(&out), "query returned no data (on_empty: fail)");
+    assert!(gate_detail(&out).starts_with("query returned no data (on_empty: fail): `"));
 
     // The hostile value selects exactly the series labelled with it, in every quoting.
     for (name, query) in [

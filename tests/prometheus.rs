@@ -152,7 +152,7 @@ fn empty_result_follows_on_empty() {
     out.assert_code(1);
     assert_eq!(
         last_detail(&out),
-        "query returned no data (on_empty: fail)",
+        format!("query returned no data (on_empty: fail): `{query}`"),
         "{}",
         out.dump()
     );

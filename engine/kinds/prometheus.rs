@@ -510,9 +510,16 @@ fn result_of(
         value["samples"] = serde_json::json!(0);
         let (ok, summary) = match spec.on_empty {
             // An error rather than `ok: false`, so that no `assert` can turn it into a pass.
+            // The query is named: a wrong metric or label name is the usual cause, and the
+            // check's name alone does not show which query of a runbook found nothing.
             OnEmpty::Fail => {
+                let query = value
+                    .get("query")
+                    .and_then(serde_json::Value::as_str)
+                    .map(|q| format!(": `{q}`"))
+                    .unwrap_or_default();
                 return Err(crate::exec::ActionError::Failed(format!(
-                    "query returned no data{when} (on_empty: fail)"
+                    "query returned no data{when} (on_empty: fail){query}"
                 )));
             }
             OnEmpty::Pass => {

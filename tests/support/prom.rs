@@ -153,6 +153,12 @@ pub fn binary() -> PathBuf {
 impl Prometheus {
     /// Start a server scraping `targets` every second.
     pub fn start(targets: &[&str]) -> Self {
+        Self::start_labelled(targets, &[])
+    }
+
+    /// Start a server scraping `targets` every second, adding `labels` to every scraped series
+    /// (as Kubernetes service discovery adds `namespace`).
+    pub fn start_labelled(targets: &[&str], labels: &[(&str, &str)]) -> Self {
         let bin = binary();
         let dir = std::env::temp_dir().join(format!(
             "runbook-test-prom-{}-{}",
@@ -162,10 +168,12 @@ impl Prometheus {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).expect("create the Prometheus directory");
         let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: '{v}'")).collect();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: app\n    static_configs:\n      - targets: [{}]\n",
-            targets.join(", ")
+             scrape_configs:\n  - job_name: app\n    static_configs:\n      - targets: [{}]\n        labels: {{{}}}\n",
+            targets.join(", "),
+            labels.join(", ")
         );
         std::fs::write(dir.join("prometheus.yml"), config).expect("write prometheus.yml");
         // A free port can be taken between the probe and the bind: try a few.
