@@ -1,6 +1,6 @@
 //! `runbooks/dr-failback.yaml` end to end: the primary and DR clusters as two Kubernetes API
 //! doubles, the primary and DR databases as two real `PostgreSQL` databases, the DNS API and
-//! DNS-over-HTTPS as a real HTTP server on 127.0.0.1 (tests/support/dns_web.rs), a stand-in
+//! DNS-over-HTTPS as a real HTTP server on 127.0.0.1 (`tests/support/dns_web.rs`), a stand-in
 //! only for the smoke-test script. Users are on the DR cluster and have written there since the
 //! failover; the failback must bring every such row to the primary before DNS moves back.
 
@@ -136,7 +136,7 @@ impl Site {
             .env("NOTIFY_WEBHOOK_URL", &format!("{url}/notify"))
     }
 
-    fn devices(&self, db: &str) -> String {
+    fn devices(db: &str) -> String {
         PgCluster::shared().psql(
             db,
             "SELECT string_agg(id || ':' || name, ',' ORDER BY id) FROM devices",
@@ -165,10 +165,10 @@ impl Site {
 #[test]
 fn dr_failback_end_to_end_brings_users_and_their_data_back() {
     let site = Site::new("fb_e2e");
-    let dr_rows = site.devices(&site.dr_db);
+    let dr_rows = Site::devices(&site.dr_db);
     let out = site.exec().run();
     out.assert_code(0);
-    assert_eq!(site.devices(&site.primary_db), dr_rows);
+    assert_eq!(Site::devices(&site.primary_db), dr_rows);
     assert!(dr_rows.contains("3:written-in-dr"), "{dr_rows}");
     assert_eq!(Site::replicas(&site.dr), json!(0));
     assert_eq!(Site::replicas(&site.primary), json!(3));
@@ -206,7 +206,7 @@ fn dr_failback_end_to_end_brings_users_and_their_data_back() {
 fn dr_failback_refuses_when_users_are_not_on_the_dr_cluster() {
     let site = Site::new("fb_notdr");
     PRIMARY_IP.clone_into(&mut site.web.web().record_ip);
-    let primary_rows = site.devices(&site.primary_db);
+    let primary_rows = Site::devices(&site.primary_db);
     let out = site.exec().run();
     out.assert_code(4);
     assert!(
@@ -215,7 +215,7 @@ fn dr_failback_refuses_when_users_are_not_on_the_dr_cluster() {
         out.dump()
     );
     assert!(site.dr.writes().is_empty() && site.primary.writes().is_empty());
-    assert_eq!(site.devices(&site.primary_db), primary_rows);
+    assert_eq!(Site::devices(&site.primary_db), primary_rows);
     assert!(site.web.web().dns_puts.is_empty());
     assert!(out.of_step("step_started", "approve-failback").is_empty());
 }

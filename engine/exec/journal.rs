@@ -1,11 +1,10 @@
 //! The journal reporter: every event becomes a journal record (and, for consequential ones, an
 //! audit entry) before the engine goes on — so a crash always leaves the truth.
 //!
-//! Records nothing acts on are grouped into the next durable commit (group commit): a step's
-//! end rides with the next step's start, which is durable before that step's action begins; a
-//! supervised shell's command rides with its supervisor's record, durable before the shell may
-//! start. Output lines are queued too, committed every [`OutputSettings::flush`] or every
-//! 256 KiB, and always before the step's end; past [`OutputSettings::limit`] bytes per step
+//! Records nothing acts on and nobody is shown as decided are grouped into the next durable
+//! commit (group commit): a step's start rides with its command, which is durable before the
+//! action begins; a record with an audit entry (a step's end, an approval) is durable at once.
+//! Output lines are queued too, committed every [`OutputSettings::flush`] or every 256 KiB, and always before the step's end; past [`OutputSettings::limit`] bytes per step
 //! attempt only the head and the tail are stored, with a note of what was dropped.
 
 use std::collections::{HashMap, VecDeque};
@@ -394,15 +393,12 @@ impl JournalReporter {
             Event::Command { step, command, .. } => {
                 self.end_capture(step);
                 // The action starts right after this: its start and the audit entry are durable
-                // first — now, or for a supervised shell with the supervisor's record, which is
-                // durable before the shell may start.
-                let supervised = super::supervise::current().is_some();
+                // first, in one commit with everything queued before (the previous step's end).
+                // Even for a supervised shell: the supervisor is another process, and its commit
+                // does not carry this process's queue — a kill -9 now would lose the end of an
+                // irreversible step that really finished.
                 let write = |event: &EventInput, audit: &AuditInput| {
-                    if supervised {
-                        self.defer(event, Some(audit));
-                    } else {
-                        self.write(event, Some(audit));
-                    }
+                    self.write(event, Some(audit));
                 };
                 if let Some(started) = self.take_started(step) {
                     let mut merged = started;
@@ -523,9 +519,14 @@ impl JournalReporter {
                     )),
                     _ => None,
                 };
-                // Nothing acts on this record before the next durable one: every action
-                // begins after a durable write (its command, or its supervisor's record).
-                self.defer(&input, audit.as_ref());
+                // A record with an audit entry (a step's end, an approval, a rollback) is
+                // durable before anyone is shown it: a kill -9 right after the operator saw
+                // "DROP DATABASE succeeded" must not leave an irreversible step in flight.
+                // The rest rides with the next durable write.
+                match audit {
+                    Some(audit) => self.write(&input, Some(&audit)),
+                    None => self.defer(&input, None),
+                }
             }
         }
     }

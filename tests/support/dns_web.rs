@@ -1,6 +1,6 @@
-//! The web services the DR runbooks talk to besides Kubernetes and PostgreSQL, as one real
+//! The web services the DR runbooks talk to besides Kubernetes and `PostgreSQL`, as one real
 //! HTTP server on 127.0.0.1: health endpoints, the chat webhook, the Cloudflare DNS records API
-//! and DNS-over-HTTPS (JSON). Shared by tests/dr_failover.rs and tests/dr_failback.rs through
+//! and DNS-over-HTTPS (JSON). Shared by `tests/dr_failover.rs` and `tests/dr_failback.rs` through
 //! `#[path]`.
 #![allow(
     dead_code,
