@@ -59,8 +59,8 @@ struct Site {
 
 impl Site {
     /// The DR cluster with Velero, its storage location, three backups of the schedule (old,
-    /// recent with `recent_snapshots` volume snapshots, failed), the non-Helm ConfigMap and
-    /// Secret; the DR database restored; the public record at OLD_IP with TTL `ttl`.
+    /// recent with `recent_snapshots` volume snapshots, failed), the non-Helm `ConfigMap` and
+    /// Secret; the DR database restored; the public record at `OLD_IP` with TTL `ttl`.
     fn new(tag: &str, ttl: u64, recent_snapshots: u32) -> Self {
         let primary = K8sDouble::start(PRIMARY_TOKEN);
         let dr = K8sDouble::start(DR_TOKEN);

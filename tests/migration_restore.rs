@@ -4,7 +4,7 @@
 //! resumed, refused with a backup older than `max_backup_age` (by the archive's own creation
 //! time), with each migration tool's version table, and with the backup fetched from S3.
 //!
-//! The writer Deployment lives in the Kubernetes API double (tests/support/k8s_double.rs): the
+//! The writer Deployment lives in the Kubernetes API double (`tests/support/k8s_double.rs`): the
 //! runbook scales it to 0 and back to the replicas it had. The other writers and the
 //! application rollback are commands that touch marker files, the health endpoint is a tiny
 //! local HTTP server, the chat webhook a local recorder, and `aws` a stand-in script on PATH.
@@ -193,7 +193,7 @@ impl Incident {
     }
 
     /// An incident whose database records its schema with `tool`; `dump_tz` is the time zone
-    /// pg_dump runs in when it takes the backup (its archive header records wall-clock time).
+    /// `pg_dump` runs in when it takes the backup (its archive header records wall-clock time).
     fn with(tag: &str, tool: Tool, dump_tz: Option<&str>) -> Self {
         let cluster = PgCluster::shared();
         let role = unique_name(&format!("{tag}_app"));
@@ -872,9 +872,9 @@ fn kill_and_resume(tag: &str, event: &str, step: &str) -> Value {
 }
 
 /// An archive created two hours ago, in a file written a moment ago (as a copy or a download
-/// leaves it): the RPO guard reads the archive's header and refuses it. pg_dump ran with
+/// leaves it): the RPO guard reads the archive's header and refuses it. `pg_dump` ran with
 /// `TZ=UTC+2`, so the wall-clock time in its header is two hours behind UTC, as an archive made
-/// two hours ago by a pg_dump in UTC would record.
+/// two hours ago by a `pg_dump` in UTC would record.
 #[test]
 fn migration_restore_a_backup_older_than_max_backup_age_aborts_before_touching_anything() {
     let incident = Incident::with("stale", Tool::GolangMigrate, Some("UTC+2"));
