@@ -48,7 +48,7 @@ impl UrlPart {
         let bytes = text.as_bytes();
         let mut i = 0;
         while i < bytes.len() {
-            if self == UrlPart::Scheme && text[i..].starts_with("://") {
+            if self == UrlPart::Scheme && bytes[i..].starts_with(b"://") {
                 self = UrlPart::Host;
                 i += 3;
                 continue;
@@ -470,5 +470,19 @@ impl super::Perform for HttpSpec {
                 http_status: Some(status),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UrlPart;
+
+    /// Found by `tests/fuzz.rs`: a URL text with a multi-byte character before `://` was sliced
+    /// inside the character and panicked.
+    #[test]
+    fn url_parts_are_read_over_multi_byte_text() {
+        assert_eq!(UrlPart::Scheme.after("A\u{dcf}http://h"), UrlPart::Host);
+        assert_eq!(UrlPart::Scheme.after("é://h/p?q"), UrlPart::Query);
+        assert_eq!(UrlPart::Scheme.after("ht\u{2603}tp"), UrlPart::Scheme);
     }
 }
