@@ -465,3 +465,27 @@ impl HealthServer {
         self.requests.load(Ordering::SeqCst)
     }
 }
+
+/// Serve `app` on `127.0.0.1:0` from a thread with its own runtime, until the returned sender
+/// is dropped; the base URL (`http://127.0.0.1:PORT`) comes with it.
+pub fn serve_loopback(app: axum::Router) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("non-blocking");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+    });
+    (url, tx)
+}
